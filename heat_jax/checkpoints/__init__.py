@@ -1,0 +1,176 @@
+"""Pretrained checkpoints: `load_pretrained(name_or_path, model, ...) -> params`.
+
+Names come from `heat_jax.checkpoints.registry`; files are downloaded into
+`$HEAT_JAX_CACHE/checkpoints` (default `~/.cache/heat_jax/checkpoints`) and reused.
+Each model family registers a converter from its file format to canonical parameter
+names (`register_converter`); the common code here merges the converted arrays into a
+freshly initialised parameter tree and reports every mismatch in one error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from heat_jax.checkpoints import registry, vit_npz
+from heat_jax.checkpoints.download import download
+from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints,
+                                           get_checkpoint, register_checkpoint)
+from heat_jax.errors import CheckpointError
+from heat_jax.io_utils import cache_dir, load_npz, sha256_file
+from heat_jax.models.layers import EXTENSION_NAMES
+
+Params = dict[str, Any]
+# family -> fn(path, template_shapes, model, image_hw, interpolation) -> (flat arrays, facts)
+_CONVERTERS: dict[str, Callable[..., tuple[dict[str, np.ndarray], dict]]] = {}
+
+__all__ = ["CheckpointInfo", "available_checkpoints", "get_checkpoint", "init_params",
+           "load_pretrained", "register_checkpoint", "register_converter",
+           "resolve_checkpoint", "sha256_file"]
+
+
+def register_converter(family: str, fn: Callable[..., tuple[dict, dict]]) -> None:
+  """Registers the file -> canonical-arrays converter of a model family."""
+  _CONVERTERS[family] = fn
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+  """Local path of a checkpoint: an existing file, a URL, or a registered name.
+
+  Registered names and URLs are downloaded into the cache once and reused.
+  """
+  text = str(name_or_path)
+  if not text:
+    raise CheckpointError("no checkpoint given; set config.model.pretrained to a "
+                          f"registered name ({', '.join(available_checkpoints()[:4])}, ...) "
+                          "or a local file")
+  if os.path.isfile(text):
+    return Path(text)
+  if text.startswith("gs://"):
+    text = "https://storage.googleapis.com/" + text[len("gs://"):]
+  if re.match(r"https?://", text):
+    return download(text, cache_dir("checkpoints", "urls") / text.rsplit("/", 1)[-1])
+  info = get_checkpoint(text)
+  if info is None:
+    if os.sep in text or text.endswith((".npz", ".safetensors", ".pth", ".bin")):
+      raise CheckpointError(f"checkpoint file not found: {text}; pass an existing file or "
+                            "a registered name")
+    raise CheckpointError(f"unknown checkpoint {text!r}; pass a local file, a URL, or one "
+                          f"of: {', '.join(available_checkpoints())}")
+  dest = cache_dir("checkpoints") / info.path
+  return download(info.url, dest)
+
+
+def image_hw(model: nn.Module, image_size: Optional[int | tuple[int, int]] = None
+             ) -> tuple[int, int]:
+  size = image_size if image_size is not None else model.image_size
+  if isinstance(size, int):
+    return (size, size)
+  return (int(size[0]), int(size[1]))
+
+
+def init_params(model: nn.Module, *, image_size: Optional[int | tuple[int, int]] = None,
+                rng: Optional[jax.Array] = None) -> Params:
+  """Randomly initialised parameters (jitted init) for the model at `image_size`."""
+  h, w = image_hw(model, image_size)
+  rng = jax.random.key(0) if rng is None else rng
+  dummy = jnp.zeros((1, h, w, 3), jnp.float32)
+  variables = jax.jit(lambda r: model.init(r, dummy))(rng)
+  return jax.device_get(variables["params"])
+
+
+def is_fresh_param(name: str) -> bool:
+  """Parameters never taken from a pretrained file: the head and PETL extensions."""
+  parts = name.split("/")
+  return parts[0] == "head" or any(p in EXTENSION_NAMES for p in parts)
+
+
+def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
+                    image_size: Optional[int | tuple[int, int]] = None,
+                    rng: Optional[jax.Array] = None,
+                    interpolation: str = "zoom") -> Params:
+  """Loads pretrained weights into a fresh parameter tree of `model`.
+
+  Args:
+    name_or_path: a registered name (see `available_checkpoints()`), URL or local file.
+    model: a module from `heat_jax.models.create_model`.
+    image_size: size the model will run at (default `model.image_size`); position
+      embeddings are resized to its grid.
+    rng: initialises the head and any PETL extension parameters.
+    interpolation: posemb resize method: `zoom` (vit_jax, big_vision) or `bilinear`
+      (timm).
+
+  Returns:
+    The parameter tree. `head` and extension parameters come from the fresh init;
+    every other parameter comes from the file, or a `CheckpointError` lists every
+    missing, unexpected and wrong-shaped key.
+  """
+  path = resolve_checkpoint(name_or_path)
+  family = getattr(model, "family", "vit")
+  if family not in _CONVERTERS:
+    raise CheckpointError(f"no checkpoint converter for model family {family!r}")
+  fresh = init_params(model, image_size=image_size, rng=rng)
+  flat_fresh = traverse_util.flatten_dict(fresh, sep="/")
+  template = {k: tuple(v.shape) for k, v in flat_fresh.items()}
+  loaded, _ = _CONVERTERS[family](path, template=template, model=model,
+                                  image_hw=image_hw(model, image_size),
+                                  interpolation=interpolation)
+  merged = merge_into_template(loaded, flat_fresh, source=str(path))
+  return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def merge_into_template(loaded: dict[str, np.ndarray], fresh: dict[str, Any], *,
+                        source: str) -> dict[str, Any]:
+  """Takes every non-fresh parameter from `loaded`; raises one error on any mismatch."""
+  missing, wrong, merged = [], [], {}
+  for key, value in fresh.items():
+    if is_fresh_param(key):
+      merged[key] = value
+      continue
+    if key not in loaded:
+      missing.append(key)
+      continue
+    arr = np.asarray(loaded[key])
+    if arr.shape != tuple(value.shape):
+      wrong.append(f"{key} file {arr.shape} vs model {tuple(value.shape)}")
+      continue
+    merged[key] = arr.astype(value.dtype)
+  extra = sorted(k for k in loaded if k not in fresh and not is_fresh_param(k))
+  if missing or extra or wrong:
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", extra),
+                         ("wrong shape", wrong)):
+      if items:
+        shown = "; ".join(items[:6]) + (f"; ... ({len(items) - 6} more)"
+                                          if len(items) > 6 else "")
+        parts.append(f"{len(items)} {label}: {shown}")
+    raise CheckpointError(f"checkpoint {source} does not match the model: "
+                          + " | ".join(parts)
+                          + " (check the model name, classifier and representation_size)")
+  return merged
+
+
+def _convert_vit(path: Path, *, template: dict, model: nn.Module,
+                 image_hw: tuple[int, int], interpolation: str) -> tuple[dict, dict]:
+  if path.suffix != ".npz":
+    raise CheckpointError(f"{path}: ViT checkpoints must be .npz files (vit_jax or "
+                          "big_vision layout)")
+  try:
+    arrays = load_npz(path)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"cannot read {path} as .npz ({e}); delete it if it is a "
+                          "partial download and try again") from None
+  p = model.patch_size
+  return vit_npz.convert(arrays, template, grid_hw=(image_hw[0] // p, image_hw[1] // p),
+                         interpolation=interpolation)
+
+
+register_converter("vit", _convert_vit)

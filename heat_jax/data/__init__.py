@@ -1,0 +1,41 @@
+"""Data: `build_task(data_config, model_family, image_size) -> Task`.
+
+Sources register themselves by name (`config.data.source`): `tfds`, `folder`,
+`synthetic`. Adding a source is one module that calls `register_source`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from heat_jax.data.base import ArraySplit, Batch, Split, Task
+from heat_jax.errors import ConfigError
+
+_SOURCES: dict[str, Callable[..., Task]] = {}
+_SOURCE_MODULES = {"tfds": "heat_jax.data.tfds_source", "folder": "heat_jax.data.folder",
+                   "synthetic": "heat_jax.data.synthetic"}
+
+
+def register_source(name: str, builder: Callable[..., Task]) -> None:
+  """Registers `builder(data_config, *, image_size, value_range) -> Task`."""
+  _SOURCES[name] = builder
+
+
+def build_task(data_config: Any, *, model_family: str, image_size: int) -> Task:
+  """Builds the task described by `config.data` for a model family and image size."""
+  from heat_jax.data.preprocess import resolve_value_range
+  source = data_config.source
+  if source not in _SOURCES and source in _SOURCE_MODULES:
+    importlib.import_module(_SOURCE_MODULES[source])
+  if source not in _SOURCES:
+    raise ConfigError(f"config.data.source={source!r} is not one of "
+                      f"{sorted(set(_SOURCES) | set(_SOURCE_MODULES))}")
+  value_range = resolve_value_range(data_config.value_range, model_family)
+  task = _SOURCES[source](data_config, image_size=image_size, value_range=value_range)
+  task.info.setdefault("value_range", value_range)
+  task.info.setdefault("resize_method", data_config.get("resize_method", "bicubic"))
+  return task
+
+
+__all__ = ["ArraySplit", "Batch", "Split", "Task", "build_task", "register_source"]

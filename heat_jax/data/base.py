@@ -1,0 +1,103 @@
+"""What every data source produces: a `Task` with `Split`s that yield batches.
+
+A batch is a dict of numpy arrays: `image` float32 [B, H, W, 3] (already resized and
+normalised), `label` int32 [B] and `mask` float32 [B] (0 for padding rows, so that
+evaluation counts every example exactly once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class Split(Protocol):
+  """A finite, ordered split that yields batches."""
+
+  name: str
+  num_examples: int
+
+  def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+              epoch: int = 0, drop_remainder: bool = False,
+              pad: bool = False) -> Iterator[Batch]:
+    """Yields batches; `pad` fills the last batch to `batch_size` with mask 0."""
+    ...
+
+
+def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+  """Example order for one epoch: a permutation that depends only on (seed, epoch)."""
+  if not shuffle:
+    return np.arange(n)
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
+                  drop_remainder: bool) -> Iterator[np.ndarray]:
+  order = epoch_order(n, shuffle=shuffle, seed=seed, epoch=epoch)
+  stop = (n // batch_size) * batch_size if drop_remainder else n
+  for start in range(0, stop, batch_size):
+    yield order[start:start + batch_size]
+
+
+def pad_batch(batch: Batch, batch_size: int) -> Batch:
+  """Pads every array of a batch along axis 0 to `batch_size`; mask marks real rows."""
+  n = len(batch["label"])
+  mask = np.ones((n,), np.float32) if "mask" not in batch else batch["mask"]
+  out = {}
+  for k, v in {**batch, "mask": mask}.items():
+    if n < batch_size:
+      v = np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
+    out[k] = v
+  return out
+
+
+@dataclasses.dataclass
+class ArraySplit:
+  """A split held in memory as uint8 images (already resized) and int labels.
+
+  `normalize` maps a uint8 batch [B, H, W, 3] to float32 in the model's value range.
+  """
+
+  name: str
+  images: np.ndarray
+  labels: np.ndarray
+  normalize: Callable[[np.ndarray], np.ndarray]
+
+  def __post_init__(self):
+    if len(self.images) != len(self.labels):
+      raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+    self.labels = np.asarray(self.labels, np.int32)
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.labels)
+
+  def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+              epoch: int = 0, drop_remainder: bool = False,
+              pad: bool = False) -> Iterator[Batch]:
+    for idx in batch_indices(self.num_examples, batch_size, shuffle=shuffle, seed=seed,
+                             epoch=epoch, drop_remainder=drop_remainder):
+      batch = {"image": self.normalize(self.images[idx]), "label": self.labels[idx],
+               "mask": np.ones((len(idx),), np.float32)}
+      yield pad_batch(batch, batch_size) if pad else batch
+
+
+@dataclasses.dataclass
+class Task:
+  """A classification task: train / optional val / test splits and metadata."""
+
+  name: str
+  num_classes: int
+  train: Split
+  test: Split
+  val: Optional[Split] = None
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def subset(split: ArraySplit, indices: Sequence[int], name: str) -> ArraySplit:
+  idx = np.asarray(indices)
+  return ArraySplit(name, split.images[idx], split.labels[idx], split.normalize)

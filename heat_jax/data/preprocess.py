@@ -1,0 +1,73 @@
+"""Image preprocessing: resize (PIL), grayscale to RGB, value-range normalisation.
+
+Value ranges (`config.data.value_range`):
+  * `minus1_1`: (x - 127.5) / 127.5, how Google's ViT checkpoints were trained;
+  * `imagenet`: x / 255 then ImageNet mean/std (Swin, PyTorch PETL baselines);
+  * `unit`: x / 255;
+  * `auto`: `minus1_1` for the ViT family, `imagenet` for Swin.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from heat_jax.errors import ConfigError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+VALUE_RANGES = ("minus1_1", "imagenet", "unit")
+RESIZE_METHODS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                  "nearest": Image.Resampling.NEAREST}
+
+
+def resolve_value_range(value_range: str, model_family: str) -> str:
+  if value_range == "auto":
+    return "imagenet" if model_family == "swin" else "minus1_1"
+  if value_range not in VALUE_RANGES:
+    raise ConfigError(f"config.data.value_range={value_range!r} is not one of "
+                      f"{('auto',) + VALUE_RANGES}")
+  return value_range
+
+
+def normalizer(value_range: str) -> Callable[[np.ndarray], np.ndarray]:
+  """uint8 [..., 3] -> float32 in the given value range."""
+  if value_range == "minus1_1":
+    return lambda x: (np.asarray(x, np.float32) - 127.5) / 127.5
+  if value_range == "unit":
+    return lambda x: np.asarray(x, np.float32) / 255.0
+  if value_range == "imagenet":
+    return lambda x: (np.asarray(x, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+  raise ConfigError(f"unknown value range {value_range!r}; use one of {VALUE_RANGES}")
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+  """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] (any int/float dtype) -> uint8 [H, W, 3]."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    if np.issubdtype(image.dtype, np.floating) and image.max(initial=0) <= 1.0:
+      image = image * 255.0
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  elif image.shape[-1] == 4:
+    image = image[..., :3]
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"cannot convert an image of shape {image.shape} to RGB")
+  return image
+
+
+def resize_uint8(image: np.ndarray, size: tuple[int, int], method: str = "bicubic") -> np.ndarray:
+  """Resizes an RGB uint8 image to (height, width) with PIL."""
+  image = to_rgb_uint8(image)
+  if image.shape[:2] == tuple(size):
+    return image
+  if method not in RESIZE_METHODS:
+    raise ConfigError(f"config.data.resize_method={method!r} is not one of "
+                      f"{sorted(RESIZE_METHODS)}")
+  pil = Image.fromarray(image).resize((size[1], size[0]), RESIZE_METHODS[method])
+  return np.asarray(pil, np.uint8)

@@ -1,0 +1,105 @@
+"""Small file helpers: atomic writes, hashing, cache directory."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+def cache_dir(*parts: str) -> Path:
+  """Returns `$HEAT_JAX_CACHE/<parts>` (default `~/.cache/heat_jax`), created."""
+  root = os.environ.get("HEAT_JAX_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "heat_jax")
+  path = Path(root, *parts)
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
+  """Opens a temporary file next to `path`; renames it over `path` on success."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes `obj` as indented JSON, atomically."""
+  with atomic_open(path, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+    f.write("\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with atomic_open(path, "w") as f:
+    f.write(text)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+  """Writes a flat dict of arrays as an uncompressed `.npz`, atomically."""
+  with atomic_open(path, "wb") as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+  with atomic_open(path, "wb") as f:
+    np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Loads every array of an `.npz` without ever unpickling."""
+  with np.load(path, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+  """Hex sha256 of a file, cached next to it in `<file>.sha256` when writable."""
+  path = Path(path)
+  side = path.with_name(path.name + ".sha256")
+  stat = path.stat()
+  stamp = f"{stat.st_size}:{int(stat.st_mtime)}"
+  if side.exists():
+    try:
+      cached_stamp, digest = side.read_text().split()
+      if cached_stamp == stamp:
+        return digest
+    except ValueError:
+      pass
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(chunk):
+      h.update(block)
+  digest = h.hexdigest()
+  with contextlib.suppress(OSError):
+    write_text(side, f"{stamp} {digest}\n")
+  return digest
+
+
+def _json_default(obj: Any) -> Any:
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, (np.floating,)):
+    return float(obj)
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  if isinstance(obj, Path):
+    return str(obj)
+  raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
