@@ -174,3 +174,4 @@ def _convert_vit(path: Path, *, template: dict, model: nn.Module,
 
 
 register_converter("vit", _convert_vit)
+from heat_jax.checkpoints import swin_timm  # noqa: E402,F401

@@ -1,0 +1,280 @@
+"""Taylor-expansion importance scores (TIS) of every attention head in one jitted step.
+
+Strategies (see `shared/reference/heat.md`), for head h of layer l:
+
+  qkv   sum of |theta * dL/dtheta| over the head's q/k/v kernel and bias slices
+  out   sum of |theta * dL/dtheta| over the out kernel slice W_o[h]
+  head  qkv + out (default)
+  gate  |dL/dxi[l, h]|, xi the head gate (exact first-order effect of removing the head)
+
+`make_tis_step` builds ONE jitted function that returns the scores of all heads of all
+layers for one batch: a single gradient w.r.t. the gate array (`gate`) or w.r.t. only the
+attention parameters the strategy needs (the rest of the tree is held constant), followed
+by per-head reductions over the head axis. The Python loop over attention layers happens
+at trace time only. `compute_tis` averages the per-batch absolute scores over batches.
+`ablation_scores` is the slow reference (one forward pass per removed head).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from heat_jax.errors import ConfigError, DataError
+from heat_jax.importance.sites import (PROJECTIONS, AttentionSite, check_sites,
+                                       find_attention_sites, unwrap_params)
+from heat_jax.models.registry import head_layout
+
+Array = jax.Array
+Params = Mapping[str, Any]
+Batch = Mapping[str, Any]
+# loss_fn(logits [B, C], labels [B], mask [B]) -> scalar
+LossFn = Callable[[Array, Array, Array], Array]
+Step = Callable[[Params, Batch], Array]
+
+STRATEGIES = ("qkv", "out", "head", "gate")
+NORMALIZE = ("none", "layer")
+_PARAM_GROUPS = {"qkv": PROJECTIONS, "out": ("out",), "head": PROJECTIONS + ("out",)}
+
+
+def masked_cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
+  """Mean softmax cross-entropy over the rows with mask == 1 (padding rows ignored)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+  mask = mask.astype(ce.dtype)
+  return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def check_strategy(strategy: str) -> str:
+  if strategy not in STRATEGIES:
+    raise ConfigError(f"importance strategy must be one of {', '.join(STRATEGIES)}; "
+                      f"got {strategy!r}")
+  return strategy
+
+
+def normalize_scores(scores: np.ndarray, normalize: str = "none",
+                     valid: Optional[np.ndarray] = None) -> np.ndarray:
+  """`'layer'`: divides every layer's row by its L2 norm (all-zero rows stay zero)."""
+  if normalize not in NORMALIZE:
+    raise ConfigError(f"importance normalize must be one of {', '.join(NORMALIZE)}; "
+                      f"got {normalize!r}")
+  scores = np.array(scores, dtype=np.float64)
+  if valid is not None:
+    scores[~np.asarray(valid, bool)] = 0.0
+  if normalize == "layer":
+    norms = np.linalg.norm(scores, axis=1, keepdims=True)
+    scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
+  return scores
+
+
+def _batch_arrays(batch: Batch) -> tuple[Any, Any, Any]:
+  image, label = batch["image"], batch["label"]
+  mask = batch.get("mask")
+  if mask is None:
+    mask = np.ones((len(label),), np.float32)
+  return image, label, mask
+
+
+def _num_real(batch: Batch) -> float:
+  mask = batch.get("mask")
+  return float(len(batch["label"]) if mask is None else np.sum(np.asarray(mask)))
+
+
+def _gate_dtype(params: Params, sites: Sequence[AttentionSite]) -> Any:
+  node = params
+  for name in sites[0].leaf("query", "kernel"):
+    node = node[name]
+  return jnp.promote_types(node.dtype, jnp.float32)
+
+
+def _per_head(site: AttentionSite, group: str, theta: dict, grad: dict) -> Array:
+  """[heads] sums of |theta * grad| over one projection's slices of each head."""
+  kernel = site.leaf(group, "kernel")
+  dtype = jnp.promote_types(theta[kernel].dtype, jnp.float32)
+  t = jnp.abs(theta[kernel].astype(dtype) * grad[kernel].astype(dtype))
+  if group == "out":  # [heads, head_dim, hidden]
+    return jnp.sum(t, axis=(1, 2))
+  row = jnp.sum(t, axis=(0, 2))  # [hidden, heads, head_dim]
+  if site.has_bias:
+    bias = site.leaf(group, "bias")
+    row = row + jnp.sum(jnp.abs(theta[bias].astype(dtype) * grad[bias].astype(dtype)), axis=1)
+  return row
+
+
+def make_tis_step(model: Any, strategy: str = "head", *,
+                  loss_fn: Optional[LossFn] = None) -> Step:
+  """Returns `step(params, batch) -> [layers, max_heads]` scores of one batch (jitted).
+
+  Entries of absent heads (ragged Swin rows) are 0. `batch` needs `image` and `label`;
+  `mask` (1 = real row) defaults to ones.
+  """
+  check_strategy(strategy)
+  layout = head_layout(model)
+  valid = layout.valid
+  loss_fn = loss_fn or masked_cross_entropy
+
+  def loss_of(params, image, label, mask, gates):
+    logits = model.apply({"params": params}, image, head_gates=gates, train=False)
+    return loss_fn(logits, label, mask)
+
+  @jax.jit
+  def scores(params, image, label, mask):
+    params = flax.core.unfreeze(unwrap_params(params))
+    sites = find_attention_sites(params)  # trace time only
+    check_sites(sites, layout)
+    if strategy == "gate":
+      gates = jnp.ones(layout.shape, _gate_dtype(params, sites))
+      grad = jax.grad(lambda g: loss_of(params, image, label, mask, g))(gates)
+      return jnp.where(valid, jnp.abs(grad), 0)
+
+    groups = _PARAM_GROUPS[strategy]
+    flat = flax.traverse_util.flatten_dict(params)
+    keys = []
+    for site in sites:
+      for group in groups:
+        keys.append(site.leaf(group, "kernel"))
+        if group != "out" and site.has_bias:
+          keys.append(site.leaf(group, "bias"))
+    theta = {k: flat[k] for k in keys}
+    rest = {k: v for k, v in flat.items() if k not in theta}
+
+    def loss_attn(attn):
+      merged = flax.traverse_util.unflatten_dict({**rest, **attn})
+      return loss_of(merged, image, label, mask, None)
+
+    grad = jax.grad(loss_attn)(theta)
+    rows = []
+    for site in sites:
+      row = sum(_per_head(site, group, theta, grad) for group in groups)
+      rows.append(jnp.pad(row, (0, layout.max_heads - site.num_heads)))
+    return jnp.stack(rows)
+
+  def step(params: Params, batch: Batch) -> Array:
+    return scores(params, *_batch_arrays(batch))
+
+  step.jitted = scores  # type: ignore[attr-defined]
+  return step
+
+
+def _take(batches: Iterable[Batch], num_batches: Optional[int]) -> tuple[Iterable[Batch],
+                                                                          Optional[int]]:
+  """First `num_batches` batches (None or 0 = all) and their count if known."""
+  if num_batches is not None and num_batches < 0:
+    raise ConfigError(f"num_batches must be >= 0 (0 = all), got {num_batches}")
+  total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+  if num_batches:
+    batches = itertools.islice(batches, num_batches)
+    total = num_batches if total is None else min(total, num_batches)
+  return batches, total
+
+
+def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
+                strategy: str = "head", num_batches: Optional[int] = None,
+                normalize: str = "none", loss_fn: Optional[LossFn] = None,
+                progress: Optional[bool] = None) -> np.ndarray:
+  """Taylor-expansion importance of every head: float64 [layers, max_heads].
+
+  Args:
+    model: a ViT or Swin module (`heat_jax.models.head_layout(model)` gives the layout;
+      its `.valid` marks the entries that are heads, the others are 0 here).
+    params: the model's parameters (the pretrained model being adapted).
+    batches: iterable of {image, label, mask} batches; batches with no real row are skipped.
+    strategy: 'qkv' | 'out' | 'head' | 'gate'.
+    num_batches: use the first `num_batches` batches (None or 0 = all).
+    normalize: 'none' | 'layer' (per-layer L2 normalisation, for global ranking).
+    loss_fn: `loss_fn(logits, labels, mask) -> scalar`; default masked mean cross-entropy.
+    progress: tqdm bar (None = only on a terminal).
+
+  Returns:
+    The mean over batches of each batch's (absolute) scores.
+  """
+  check_strategy(strategy)
+  normalize_scores(np.zeros((1, 1)), normalize)  # validates `normalize` before any work
+  layout = head_layout(model)
+  step = make_tis_step(model, strategy, loss_fn=loss_fn)
+  params = jax.device_put(params)
+  batches, total_batches = _take(batches, num_batches)
+  total = np.zeros(layout.shape, np.float64)
+  count, pending = 0, None
+  bar = tqdm(batches, total=total_batches, desc=f"TIS ({strategy})", unit="batch",
+             disable=None if progress is None else not progress, leave=False)
+  for batch in bar:
+    if _num_real(batch) == 0:
+      continue
+    out = step(params, batch)  # dispatched; the previous result is fetched meanwhile
+    if pending is not None:
+      total += np.asarray(pending, np.float64)
+    pending, count = out, count + 1
+  if pending is not None:
+    total += np.asarray(pending, np.float64)
+  bar.close()
+  if count == 0:
+    raise DataError("importance scores need at least one batch with a real (mask = 1) row")
+  return normalize_scores(total / count, normalize, layout.valid)
+
+
+def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
+                    num_batches: Optional[int] = None, loss_fn: Optional[LossFn] = None,
+                    heads: Optional[Sequence[tuple[int, int]]] = None,
+                    progress: Optional[bool] = None) -> np.ndarray:
+  """Reference (slow): loss(head gated to 0) - loss(plain model), float64 [layers, max_heads].
+
+  One jitted forward pass per head per batch; averaged over batches like `compute_tis`.
+  `heads` restricts the evaluation to a list of (layer, head) (others are NaN); absent
+  heads of ragged layouts are 0. Used by tests and studies, never by training.
+  """
+  layout = head_layout(model)
+  valid = layout.valid
+  if heads is None:
+    heads = [tuple(int(i) for i in lh) for lh in zip(*np.nonzero(valid))]
+  else:
+    heads = [(int(l), int(h)) for l, h in heads]
+    bad = [lh for lh in heads if not (0 <= lh[0] < layout.num_layers
+                                      and 0 <= lh[1] < layout.max_heads and valid[lh])]
+    if bad:
+      raise ConfigError(f"ablation heads {bad} are not heads of this model "
+                        f"(heads per layer {layout.heads_per_layer})")
+  loss_fn = loss_fn or masked_cross_entropy
+  params = jax.device_put(params)
+  sites = find_attention_sites(params)
+  check_sites(sites, layout)
+  ones = np.ones(layout.shape, _gate_dtype(unwrap_params(params), sites))
+
+  @jax.jit
+  def loss(params, image, label, mask, gates):
+    logits = model.apply({"params": unwrap_params(params)}, image, head_gates=gates,
+                         train=False)
+    return loss_fn(logits, label, mask)
+
+  batches, total_batches = _take(batches, num_batches)
+  total = np.zeros(layout.shape, np.float64)
+  count = 0
+  bar = tqdm(total=None if total_batches is None else total_batches * (len(heads) + 1),
+             desc="head ablation", unit="fwd",
+             disable=None if progress is None else not progress, leave=False)
+  for batch in batches:
+    if _num_real(batch) == 0:
+      continue
+    arrays = jax.device_put(_batch_arrays(batch))
+    base = float(loss(params, *arrays, ones))
+    bar.update()
+    for l, h in heads:
+      gates = ones.copy()
+      gates[l, h] = 0
+      total[l, h] += float(loss(params, *arrays, gates)) - base
+      bar.update()
+    count += 1
+  bar.close()
+  if count == 0:
+    raise DataError("ablation scores need at least one batch with a real (mask = 1) row")
+  result = np.full(layout.shape, np.nan)
+  result[~valid] = 0.0
+  for lh in heads:
+    result[lh] = total[lh] / count
+  return result

@@ -1,0 +1,114 @@
+"""HEAT: score every head with TIS on the training data, train only the kept heads.
+
+`heat.tune = 'head_weights'`: the selected heads' q/k/v kernel and bias slices and
+their out-kernel slices train (element masks inside the optimizer), plus the head.
+`heat.tune = 'lora'` (Heart-LoRA): LoRA on q and v; only the LoRA `b` columns of
+selected heads (and `a` of layers with any selected head) train, so unselected heads
+get no update. See ../shared/reference/heat.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from heat_jax.errors import ConfigError
+from heat_jax.methods.base import Method, MethodContext, register_method
+from heat_jax.methods.lora import lora_spec
+from heat_jax.models import head_layout
+from heat_jax.models.attention_paths import attention_paths, get_subtree
+from heat_jax.training import partition
+
+TUNES = ("head_weights", "lora")
+
+
+def head_weight_mask(params: dict, selected: np.ndarray) -> partition.FlatMask:
+  """Element masks selecting the q/k/v/out slices of the selected heads."""
+  mask = {k: False for k in partition.flatten(params)}
+  for row, path in enumerate(attention_paths(params)):
+    prefix = "/".join(path)
+    h = get_subtree(params, path)["query"]["kernel"].shape[1]
+    sel = np.asarray(selected[row, :h], bool)
+    for proj in ("query", "key", "value"):
+      mask[f"{prefix}/{proj}/kernel"] = sel[None, :, None]
+      mask[f"{prefix}/{proj}/bias"] = sel[:, None]
+    mask[f"{prefix}/out/kernel"] = sel[:, None, None]
+  return mask
+
+
+def head_lora_mask(params: dict, selected: np.ndarray) -> partition.FlatMask:
+  """Heart-LoRA masks: `b` columns of selected heads; `a` where any head is selected."""
+  mask = {k: False for k in partition.flatten(params)}
+  for row, path in enumerate(attention_paths(params)):
+    prefix = "/".join(path)
+    node = get_subtree(params, path)
+    h = node["query"]["kernel"].shape[1]
+    sel = np.asarray(selected[row, :h], bool)
+    for name in node:
+      if name.startswith("lora_"):
+        mask[f"{prefix}/{name}/a"] = bool(sel.any())
+        mask[f"{prefix}/{name}/b"] = sel[None, :, None]
+  return mask
+
+
+@register_method
+class Heat(Method):
+  name = "heat"
+
+  def __init__(self, config):
+    super().__init__(config)
+    if config.heat.tune not in TUNES:
+      raise ConfigError(f"config.heat.tune={config.heat.tune!r} is not one of {TUNES}")
+
+  def model_overrides(self) -> dict[str, Any]:
+    if self.config.heat.tune == "lora":
+      return {"lora": lora_spec(self.config.lora)}
+    return {}
+
+  def select(self, ctx: MethodContext) -> np.ndarray:
+    """Computes TIS on the training data and selects heads (saved to the workdir)."""
+    from heat_jax import importance  # the scoring stack is only needed here
+    layout = head_layout(ctx.model)
+    heads_file = os.path.join(ctx.workdir, "heads.npy") if ctx.workdir else None
+    if heads_file and self.config.train.resume and os.path.exists(heads_file):
+      selected = np.load(heads_file, allow_pickle=False)
+      if selected.shape == layout.shape:
+        self.info["selection_reused"] = True
+        return selected
+    if ctx.task is None:
+      raise ConfigError("heat needs training data to score heads")
+    imp, h = self.config.importance, self.config.heat
+    start = time.time()
+    batches = ctx.task.train.batches(imp.batch_size, shuffle=False, pad=True)
+    scores = importance.compute_tis(ctx.model, ctx.params, batches, strategy=imp.strategy,
+                                    num_batches=imp.num_batches or None,
+                                    normalize=imp.normalize)
+    deactivate = None if h.deactivate < 0 else int(h.deactivate)
+    budget = h.budget
+    if isinstance(budget, float) and budget >= 1 and float(budget).is_integer():
+      budget = int(budget)
+    selected = importance.select_heads(scores, budget, scope=h.scope, select=h.select,
+                                       seed=h.select_seed, valid=layout.valid,
+                                       deactivate=deactivate)
+    self.info.update(tis_seconds=round(time.time() - start, 3),
+                     heads_selected=int(selected.sum()), heads_total=layout.total_heads)
+    if ctx.workdir:
+      meta = {"strategy": imp.strategy, "normalize": imp.normalize, "scope": h.scope,
+              "budget": h.budget, "deactivate": h.deactivate, "select": h.select,
+              "select_seed": h.select_seed, "num_batches": imp.num_batches}
+      importance.save_importance(ctx.workdir, scores, selected, layout=layout, meta=meta)
+      importance.plot_importance(os.path.join(ctx.workdir, "importance.png"), scores,
+                                 selected, valid=layout.valid,
+                                 title=f"TIS ({imp.strategy}), {h.select} heads kept")
+    return selected
+
+  def trainable_mask(self, ctx: MethodContext) -> partition.FlatMask:
+    selected = self.select(ctx)
+    if self.config.heat.tune == "lora":
+      mask = head_lora_mask(ctx.params, selected)
+    else:
+      mask = head_weight_mask(ctx.params, selected)
+    return self.with_head(ctx.params, mask)

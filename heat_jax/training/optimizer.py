@@ -1,0 +1,84 @@
+"""The optax optimizer over the trainable tree, with element-level masks.
+
+Chain (gradient mask -> clip -> Adam -> decoupled weight decay -> learning rate):
+  * the gradient mask keeps the global norm and Adam moments of masked-out elements
+    clean;
+  * clipping and weight decay see trainable entries only;
+  * the final update mask is applied after weight decay by `apply_masked_updates`
+    with `where`, so masked-out elements never move, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from heat_jax.errors import ConfigError
+from heat_jax.training import partition
+
+WD_MASKS = ("all", "kernels", "ndim>1")
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, *, total_steps: int,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """Linear warmup from `warmup_init_lr` to `lr`, then cosine decay to `min_lr`."""
+  warmup = min(int(round(optim.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=optim.warmup_init_lr, peak_value=optim.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=optim.min_lr)
+
+
+def weight_decay_mask(trainable: Any, rule: str) -> Any:
+  """Which trainable leaves are decayed (a recipe choice; see jax_stack.md §2)."""
+  if rule not in WD_MASKS:
+    raise ConfigError(f"config.optim.wd_mask={rule!r} is not one of {WD_MASKS}")
+  flat = partition.flatten(trainable)
+  if rule == "all":
+    out = {k: True for k in flat}
+  elif rule == "kernels":
+    out = {k: k.endswith("kernel") for k in flat}
+  else:
+    out = {k: jnp.ndim(v) > 1 for k, v in flat.items()}
+  return partition.unflatten(out)
+
+
+def multiply_by_mask(masks: Any) -> optax.GradientTransformation:
+  """Multiplies updates by a (broadcasting) 0/1 mask tree; stateless."""
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, masks), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, trainable: Any, masks: Any, *,
+                   total_steps: int, steps_per_epoch: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW over the trainable tree with the project's masking rules."""
+  schedule = learning_rate_schedule(optim, total_steps=total_steps,
+                                    steps_per_epoch=steps_per_epoch)
+  parts = [multiply_by_mask(masks)]
+  if optim.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(optim.clip_norm))
+  parts.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2))
+  if optim.weight_decay > 0:
+    parts.append(optax.add_decayed_weights(optim.weight_decay,
+                                           weight_decay_mask(trainable, optim.wd_mask)))
+  parts.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*parts), schedule
+
+
+def apply_masked_updates(params: Any, updates: Any, masks: Any) -> Any:
+  """params + updates where the mask is 1; untouched (bit-identical) elsewhere."""
+  def apply(p, u, m):
+    m = jnp.asarray(m)
+    if m.ndim == 0:
+      return (p + u).astype(p.dtype)
+    return jnp.where(m > 0, p + u, p).astype(p.dtype)
+
+  return jax.tree.map(apply, params, updates, masks)

@@ -1,0 +1,36 @@
+"""Shared test fixtures: a tiny config and the toy data source."""
+
+import os
+
+os.environ.setdefault("HEAT_JAX_NO_TENSORBOARD", "1")
+
+import pytest  # noqa: E402
+
+import heat_jax.testing.toy_task  # noqa: E402,F401  (registers source 'toy')
+
+
+@pytest.fixture
+def tiny_config():
+  """A ViT-micro run on the toy task that takes seconds on a CPU."""
+  from configs.common import base_config
+  c = base_config()
+  c.model.name = "ViT-micro"
+  c.model.pretrained = ""
+  c.model.image_size = 32
+  c.model.drop_path_rate = 0.0
+  c.data.source = "toy"
+  c.data.task = "toy"
+  c.data.num_train = 64
+  c.data.num_val = 0
+  c.data.num_test = 37
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 16
+  c.train.epochs = 2
+  c.train.progress = False
+  c.train.eval_every_epochs = 1
+  c.train.log_every_steps = 2
+  c.optim.warmup_epochs = 0
+  c.importance.batch_size = 16
+  c.importance.num_batches = 2
+  c.heat.budget = 3
+  return c
