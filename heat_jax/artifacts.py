@@ -89,13 +89,13 @@ def load_adapter(adapter_dir: str, *, base_checkpoint: Optional[str] = None
   meta = read_adapter_json(adapter_dir)
   model = spec_lib.model_from_spec(meta["model"])
   base = base_checkpoint or meta["base"].get("checkpoint")
+  rng = jax.random.key(meta["base"].get("init_seed", 0))
   if base:
-    params = checkpoints.load_pretrained(base, model,
+    params = checkpoints.load_pretrained(base, model, rng=rng,
                                          interpolation=meta["base"].get("interpolation",
                                                                         "zoom"))
   else:
-    params = checkpoints.init_params(model,
-                                     rng=jax.random.key(meta["base"].get("init_seed", 0)))
+    params = checkpoints.init_params(model, rng=rng)
   return model, apply_adapter(params, adapter_dir)
 
 

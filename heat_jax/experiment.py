@@ -102,8 +102,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                       f"{task.num_classes} classes")
   model, spec = build_model(config, num_classes, overrides)
 
-  rng = jax.random.key(config.seed)
-  init_rng, _ = jax.random.split(rng)
+  init_rng = jax.random.key(config.seed)  # artifacts.load_adapter rebuilds with this key
   base: dict[str, Any] = {"checkpoint": config.model.pretrained or None,
                           "interpolation": config.model.posemb_interpolation,
                           "init_seed": int(config.seed)}

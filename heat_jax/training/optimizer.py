@@ -47,11 +47,18 @@ def weight_decay_mask(trainable: Any, rule: str) -> Any:
 
 
 def multiply_by_mask(masks: Any) -> optax.GradientTransformation:
-  """Multiplies updates by a (broadcasting) 0/1 mask tree; stateless."""
+  """Zeroes updates where a (broadcasting) 0/1 mask tree is 0; stateless.
+
+  Uses `where`, not a product, so a NaN/inf in a masked-out element cannot leak.
+  """
+
+  def apply(u, m):
+    m = jnp.asarray(m)
+    return u if m.ndim == 0 else jnp.where(m > 0, u, jnp.zeros_like(u))
 
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, masks), state
+    return jax.tree.map(apply, updates, masks), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
