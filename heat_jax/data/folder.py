@@ -1,0 +1,226 @@
+"""Source `folder`: images on disk, no TFDS and no TensorFlow.
+
+`config.data.folder_root` holds one of three layouts; a split name is looked up in order:
+  1. `root/<split>/<class>/*.jpg|jpeg|png`: class folder names, sorted, give the labels;
+  2. `root/<split>.txt` with lines `<relative path> <label>` (the NOAH / PETL-ViT VTAB-1k
+     export: `train800.txt`, `val200.txt`, `train800val200.txt`, `test.txt`);
+  3. the extracted DTD archive, `root/images/<class>/*.jpg` + `root/labels/train1.txt` etc.
+     (`train`, `validation` and `test` mean the TFDS splits train1 / val1 / test1, and the
+     VTAB names `train800`, `val200`, `train800val200` map to their TFDS definitions).
+
+Split strings may slice and join like TFDS: `train[:800]+val[:200]`, `test[50%:]`. Folder
+layouts (1, 3) are sliced in a fixed pseudo-random order (a hash of each file's path),
+so `[:800]` covers all classes; list files keep their own order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from heat_jax.data import register_source
+from heat_jax.data.base import Task
+from heat_jax.data.preprocess import RESIZE_METHODS, normalizer, resize_uint8
+from heat_jax.data.stream import Loader, StreamSplit, load_in_memory
+from heat_jax.errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_IN_MEMORY = 10_000
+DTD_SPLITS = {"train": "train1", "validation": "val1", "test": "test1",
+              "train800": "train1[:800]", "val200": "val1[:200]",
+              "train800val200": "train1[:800]+val1[:200]"}
+_PART = re.compile(r"^\s*([^\[\]]+?)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?\s*$")
+
+Entries = list[tuple[str, int]]   # (absolute image path, label)
+
+
+def parse_split(expr: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+  """`a[:800]+b[10%:]` -> [('a', None, '800'), ('b', '10%', None)]."""
+  parts = []
+  for part in expr.split("+"):
+    m = _PART.match(part)
+    if not m:
+      raise ConfigError(f"cannot parse split {expr!r}: use names joined with '+', each with an "
+                        "optional [start:stop] slice, e.g. 'train[:800]+val[:200]'")
+    parts.append((m.group(1), m.group(2) or None, m.group(3) or None))
+  return parts
+
+
+def _bound(value: Optional[str], n: int, expr: str) -> Optional[int]:
+  if value is None:
+    return None
+  try:
+    if value.endswith("%"):
+      return int(round(n * float(value[:-1]) / 100))
+    return int(value)
+  except ValueError:
+    raise ConfigError(f"bad slice bound {value!r} in split {expr!r}; use an int or a "
+                      "percentage such as 50%") from None
+
+
+def _is_image(path: Path) -> bool:
+  return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _hash_order(paths: list[str], root: Path) -> list[int]:
+  keys = [hashlib.sha1(os.path.relpath(p, root).encode()).hexdigest() for p in paths]
+  return sorted(range(len(paths)), key=keys.__getitem__)
+
+
+class FolderDataset:
+  """Resolves split expressions to (path, label) lists under one root."""
+
+  def __init__(self, root: str):
+    self.root = Path(root).expanduser()
+    if not self.root.is_dir():
+      raise DataError(f"config.data.folder_root={root!r} is not a directory; point it at "
+                      "<root>/<split>/<class>/*.jpg, NOAH-style <root>/<split>.txt lists or an "
+                      "extracted dtd/ folder")
+    dtd = self.root / "dtd" if (self.root / "dtd" / "labels").is_dir() else self.root
+    self.dtd_root = dtd if (dtd / "images").is_dir() and (dtd / "labels").is_dir() else None
+    self._classes: Optional[list[str]] = None
+
+  def classes(self, names: list[str]) -> list[str]:
+    """Sorted class names over the class-folder splits (or DTD's images/), computed once."""
+    if self._classes is None:
+      found: set[str] = set()
+      for name in names:
+        if (self.root / name).is_dir():
+          found.update(d.name for d in (self.root / name).iterdir() if d.is_dir())
+      if not found and self.dtd_root is not None:
+        found.update(d.name for d in (self.dtd_root / "images").iterdir() if d.is_dir())
+      self._classes = sorted(found)
+    return self._classes
+
+  def split(self, expr: str, all_names: list[str]) -> Entries:
+    """Entries of a split expression such as `train[:800]+val[:200]`."""
+    entries: Entries = []
+    for name, start, stop in parse_split(expr):
+      items = self._named(name, all_names)
+      lo, hi = _bound(start, len(items), expr), _bound(stop, len(items), expr)
+      entries.extend(items[lo:hi])
+    return entries
+
+  def _named(self, name: str, all_names: list[str]) -> Entries:
+    if (self.root / name).is_dir():
+      return self._class_folders(self.root / name, all_names)
+    if (self.root / f"{name}.txt").is_file():
+      return self._list_file(self.root / f"{name}.txt", self.root)
+    if self.dtd_root is not None and (name in DTD_SPLITS or
+                                      (self.dtd_root / "labels" / f"{name}.txt").is_file()):
+      if name in DTD_SPLITS and DTD_SPLITS[name] != name:
+        return self.split(DTD_SPLITS[name], all_names)
+      return self._dtd_list(name, all_names)
+    raise DataError(f"split {name!r} not found under {self.root}: expected a folder "
+                    f"{self.root / name}/<class>/*.jpg or a list file {self.root / name}.txt; "
+                    "set config.data.train_split / val_split / test_split to existing names")
+
+  def _class_folders(self, split_dir: Path, all_names: list[str]) -> Entries:
+    index = {c: i for i, c in enumerate(self.classes(all_names))}
+    entries: Entries = []
+    for d in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+      files = sorted(str(f) for f in d.iterdir() if _is_image(f))
+      if not files:
+        raise DataError(f"class folder {d} has no {'/'.join(IMAGE_SUFFIXES)} images; add images "
+                        "or remove the folder")
+      entries.extend((f, index[d.name]) for f in files)
+    if not entries:
+      raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/*.jpg")
+    return [entries[i] for i in _hash_order([p for p, _ in entries], self.root)]
+
+  def _list_file(self, path: Path, base: Path) -> Entries:
+    entries: Entries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+      if not line.strip():
+        continue
+      fields = line.rsplit(maxsplit=1)
+      if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+        raise DataError(f"{path}:{lineno}: expected '<relative image path> <int label>', got "
+                        f"{line.strip()!r}")
+      entries.append((str(base / fields[0]), int(fields[1])))
+    if not entries:
+      raise DataError(f"list file {path} is empty; it needs lines '<relative path> <label>'")
+    return entries
+
+  def _dtd_list(self, name: str, all_names: list[str]) -> Entries:
+    index = {c: i for i, c in enumerate(self.classes(all_names))}
+    images = self.dtd_root / "images"
+    entries: Entries = []
+    for line in (self.dtd_root / "labels" / f"{name}.txt").read_text().split():
+      cls = line.split("/")[0]
+      if cls not in index:
+        raise DataError(f"{self.dtd_root}/labels/{name}.txt lists {line!r} but {images}/{cls} "
+                        "does not exist; re-extract the DTD archive")
+      entries.append((str(images / line), index[cls]))
+    if not entries:
+      raise DataError(f"{self.dtd_root}/labels/{name}.txt is empty; re-extract the DTD archive")
+    return [entries[i] for i in _hash_order([p for p, _ in entries], self.dtd_root)]
+
+
+def make_loader(entries: Entries, *, image_size: int, resize_method: str) -> Loader:
+  """index -> (uint8 [S, S, 3] image, label) read with PIL."""
+
+  def load(index: int) -> tuple[np.ndarray, int]:
+    path, label = entries[index]
+    try:
+      with Image.open(path) as im:
+        image = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+      raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+    return resize_uint8(image, (image_size, image_size), resize_method), label
+
+  return load
+
+
+def build_folder_task(data_config: Any, *, image_size: int, value_range: str) -> Task:
+  """Builds a `Task` from image folders (`config.data.source = 'folder'`)."""
+  if not data_config.folder_root:
+    raise ConfigError("config.data.folder_root is empty; set it to the image root (e.g. "
+                      "configs/vtab.py:dtd,source=folder,root=/data/dtd)")
+  method = data_config.get("resize_method", "bicubic")
+  if method not in RESIZE_METHODS:
+    raise ConfigError(f"config.data.resize_method={method!r} is not one of "
+                      f"{sorted(RESIZE_METHODS)}")
+  splits = {"train": data_config.train_split, "val": data_config.val_split,
+            "test": data_config.test_split}
+  for role in ("train", "test"):
+    if not splits[role]:
+      raise ConfigError(f"config.data.{role}_split is empty; set it to a folder name under "
+                        f"{data_config.folder_root}")
+  dataset = FolderDataset(data_config.folder_root)
+  names = [name for expr in splits.values() if expr for name, _, _ in parse_split(expr)]
+  entries = {role: dataset.split(expr, names) for role, expr in splits.items() if expr}
+  classes = dataset.classes(names)
+  num_classes = int(data_config.num_classes) or len(classes)
+  if not num_classes:
+    num_classes = 1 + max(label for items in entries.values() for _, label in items)
+  if classes and data_config.num_classes and len(classes) != num_classes:
+    raise DataError(f"found {len(classes)} class folders under {dataset.root} but "
+                    f"config.data.num_classes={num_classes}; add the missing classes or set "
+                    "config.data.num_classes=0 to use the folders")
+  normalize = normalizer(value_range)
+  task_name = data_config.task or dataset.root.name
+  made = {}
+  for role, items in entries.items():
+    load = make_loader(items, image_size=image_size, resize_method=method)
+    name = f"{task_name}:{splits[role]}"
+    if role != "test" and len(items) <= MAX_IN_MEMORY:
+      made[role] = load_in_memory(name, len(items), load, normalize, num_classes=num_classes)
+    else:
+      made[role] = StreamSplit(name, len(items), load, normalize, num_classes=num_classes)
+  return Task(
+      name=task_name, num_classes=num_classes, train=made["train"], test=made["test"],
+      val=made.get("val"),
+      info={"source": "folder", "folder_root": str(dataset.root), "classes": classes,
+            "splits": {r: splits[r] for r in made},
+            "num_examples": {r: s.num_examples for r, s in made.items()},
+            "value_range": value_range, "resize_method": method})
+
+
+register_source("folder", build_folder_task)

@@ -1,0 +1,109 @@
+"""Splits backed by a per-example loader: streamed batches, or loaded once into memory.
+
+A loader maps an example index to `(uint8 image [S, S, 3], int label)`; it decodes and
+resizes, so it is called from a small thread pool (PIL releases the GIL).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from heat_jax.data.base import ArraySplit, Batch, batch_indices, pad_batch
+from heat_jax.errors import DataError
+
+Loader = Callable[[int], tuple[np.ndarray, int]]
+Normalizer = Callable[[np.ndarray], np.ndarray]
+
+
+def default_workers() -> int:
+  return max(1, min(8, os.cpu_count() or 1))
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str,
+                 indices: Optional[np.ndarray] = None) -> None:
+  """DataError when a label lies outside [0, num_classes)."""
+  labels = np.asarray(labels)
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    i = int(bad[0] if indices is None else np.asarray(indices)[bad[0]])
+    raise DataError(f"{where}: example {i} has label {int(labels[bad[0]])}, outside "
+                    f"[0, {num_classes}) ({bad.size} such labels in this batch); check "
+                    f"config.data.num_classes and config.data.label_fn")
+
+
+def _load_many(load: Loader, indices: np.ndarray,
+               pool: Optional[concurrent.futures.Executor]) -> tuple[np.ndarray, np.ndarray]:
+  items = list(pool.map(load, indices.tolist())) if pool else [load(int(i)) for i in indices]
+  images = np.stack([im for im, _ in items]) if items else np.zeros((0, 0, 0, 3), np.uint8)
+  return images, np.asarray([lab for _, lab in items], np.int32)
+
+
+class StreamSplit:
+  """A split read example by example on every pass (for large test splits).
+
+  Same batching contract as `ArraySplit`; with `pad=True` every example is yielded
+  exactly once and the padding rows have mask 0. `prefetch` batches are decoded ahead.
+  """
+
+  def __init__(self, name: str, num_examples: int, load: Loader, normalize: Normalizer, *,
+               num_classes: int, workers: Optional[int] = None, prefetch: int = 2):
+    self.name = name
+    self.num_examples = int(num_examples)
+    self.load = load
+    self.normalize = normalize
+    self.num_classes = num_classes
+    self.workers = default_workers() if workers is None else workers
+    self.prefetch = max(1, prefetch)
+
+  def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+              epoch: int = 0, drop_remainder: bool = False,
+              pad: bool = False) -> Iterator[Batch]:
+    order = batch_indices(self.num_examples, batch_size, shuffle=shuffle, seed=seed,
+                          epoch=epoch, drop_remainder=drop_remainder)
+    if self.workers <= 0:
+      for idx in order:
+        yield self._batch(idx, *_load_many(self.load, idx, None), batch_size, pad)
+      return
+    pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+    pending: collections.deque = collections.deque()
+    try:
+      for idx in order:
+        pending.append((idx, [pool.submit(self.load, int(i)) for i in idx]))
+        if len(pending) > self.prefetch:
+          yield self._finish(*pending.popleft(), batch_size, pad)
+      while pending:
+        yield self._finish(*pending.popleft(), batch_size, pad)
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+
+  def _finish(self, idx: np.ndarray, futures: list, batch_size: int, pad: bool) -> Batch:
+    items = [f.result() for f in futures]
+    images = np.stack([im for im, _ in items])
+    labels = np.asarray([lab for _, lab in items], np.int32)
+    return self._batch(idx, images, labels, batch_size, pad)
+
+  def _batch(self, idx: np.ndarray, images: np.ndarray, labels: np.ndarray,
+             batch_size: int, pad: bool) -> Batch:
+    check_labels(labels, self.num_classes, self.name, idx)
+    batch = {"image": self.normalize(images), "label": labels,
+             "mask": np.ones((len(idx),), np.float32)}
+    return pad_batch(batch, batch_size) if pad else batch
+
+
+def load_in_memory(name: str, num_examples: int, load: Loader, normalize: Normalizer, *,
+                   num_classes: int, workers: Optional[int] = None) -> ArraySplit:
+  """Decodes and resizes every example once into a uint8 `ArraySplit`."""
+  workers = default_workers() if workers is None else workers
+  indices = np.arange(int(num_examples))
+  if workers <= 0:
+    images, labels = _load_many(load, indices, None)
+  else:
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
+      images, labels = _load_many(load, indices, pool)
+  check_labels(labels, num_classes, name)
+  return ArraySplit(name, images, labels, normalize)

@@ -1,0 +1,210 @@
+"""Source `tfds`: prepared TFDS datasets read with `tfds.data_source` (array_record, no TF).
+
+Training (and validation) images are decoded and resized once into memory; the test
+split is streamed from the random-access source, decoded per batch in a thread pool.
+Nothing is ever downloaded here: a dataset that is not prepared raises a one-line
+`DataError` saying how to prepare it (`python -m heat_jax.data.prepare`, needs TF once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from heat_jax.data import register_source
+from heat_jax.data.base import Task
+from heat_jax.data.labels import LabelFn, get_label_fn
+from heat_jax.data.preprocess import RESIZE_METHODS, normalizer, resize_uint8
+from heat_jax.data.stream import Loader, StreamSplit, load_in_memory
+from heat_jax.data.vtab_tasks import ALIASES, MANUAL_INSTRUCTIONS, TASKS, VtabTask
+from heat_jax.errors import ConfigError, DataError
+
+MAX_IN_MEMORY = 10_000   # larger train/val splits are streamed instead of cached
+_RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
+
+
+def resolve_data_dir(data_dir: str = "") -> tuple[str, str]:
+  """(directory, where it came from): config.data.data_dir, $TFDS_DATA_DIR or the default.
+
+  `gs://` and other remote paths are passed through unchanged.
+  """
+  if data_dir:
+    return data_dir, "config.data.data_dir"
+  if os.environ.get("TFDS_DATA_DIR"):
+    return os.environ["TFDS_DATA_DIR"], "$TFDS_DATA_DIR"
+  return os.path.join(os.path.expanduser("~"), "tensorflow_datasets"), "the TFDS default"
+
+
+def prepare_hint(task: str, data_dir: str) -> str:
+  """How to prepare a dataset, as a fragment of a one-line message."""
+  cmd = f'pip install -e ".[tf]" && python -m heat_jax.data.prepare {task} --data_dir={data_dir}'
+  name = ALIASES.get(task, task)
+  if name in MANUAL_INSTRUCTIONS:
+    cmd += f" --manual_dir=DIR after you {MANUAL_INSTRUCTIONS[name]}"
+  return cmd
+
+
+def not_prepared_message(tfds_name: str, task: str, data_dir: str, where: str) -> str:
+  return (f"TFDS dataset {tfds_name} (task {task}) is not prepared in {data_dir} (from {where}); "
+          f"prepare it once with TensorFlow: {prepare_hint(task, data_dir)}; or point "
+          f"config.data.data_dir / $TFDS_DATA_DIR at a prepared array_record copy; or use "
+          f"config.data.source=folder with config.data.folder_root=<root>/<split>/<class>/*.jpg")
+
+
+def open_split(tfds_name: str, split: str, *, task: str, data_dir: str,
+               where: str) -> Sequence[dict[str, Any]]:
+  """A random-access source over a prepared split; DataError (never a download) otherwise."""
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(f"TFDS has no dataset {tfds_name.split(':')[0]!r} (config.data.tfds_name="
+                    f"{tfds_name!r}); use a name from `tfds.list_builders()`") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise _diagnose(tfds_name, split, task, data_dir, where, e) from None
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _diagnose(tfds_name: str, split: str, task: str, data_dir: str, where: str,
+              error: BaseException) -> DataError:
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    return DataError(f"cannot open TFDS dataset {tfds_name} in {data_dir}: {_first_line(e)}")
+  if not builder.is_prepared():
+    return DataError(not_prepared_message(tfds_name, task, data_dir, where))
+  file_format = getattr(builder.info.file_format, "value", str(builder.info.file_format))
+  if file_format not in _RANDOM_ACCESS_FORMATS:
+    return DataError(f"TFDS dataset {tfds_name} in {builder.data_dir} was prepared as "
+                     f"{file_format}, which has no random access; re-prepare it as array_record "
+                     f"into a new directory with {prepare_hint(task, 'NEW_DIR')} and set "
+                     f"config.data.data_dir=NEW_DIR")
+  return DataError(f"cannot read split {split!r} of {tfds_name} from {builder.data_dir}: "
+                   f"{_first_line(error)}; check config.data.*_split")
+
+
+def raise_open_file_limit() -> None:
+  """TFDS opens many files at once: lift the soft RLIMIT_NOFILE to the hard limit."""
+  try:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+      resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+  except (ImportError, ValueError, OSError):
+    pass
+
+
+def make_loader(source: Sequence[dict[str, Any]], label_fn: LabelFn, *, image_size: int,
+                resize_method: str, binary_image: bool, image_key: str = "image") -> Loader:
+  """index -> (uint8 [S, S, 3] image, label) for one TFDS split."""
+
+  def load(index: int) -> tuple[np.ndarray, int]:
+    example = source[index]
+    image = np.asarray(example[image_key])
+    if binary_image:   # dsprites: {0, 1} -> {0, 255}
+      image = np.where(image > 0, 255, 0).astype(np.uint8)
+    return resize_uint8(image, (image_size, image_size), resize_method), label_fn(example)
+
+  return load
+
+
+def check_carve(vt: VtabTask, splits: dict[str, str], info: Any) -> None:
+  """Asserts the literal carve offsets against the prepared split sizes (VTAB defaults only)."""
+  if vt.carve is None or info is None:
+    return
+  sizes = getattr(info, "splits", {}) or {}
+  if vt.carve.base not in sizes:
+    return   # no split metadata (e.g. mock data): nothing to check
+  n = sizes[vt.carve.base].num_examples
+  val, test = vt.carve.splits(n)
+  used = {part for split in splits.values() for part in split.split("+")}
+  wrong = [f"{key} should be {computed!r}, not {literal!r}"
+           for key, literal, computed in (("val200", vt.val200, val), ("test", vt.test, test))
+           if computed is not None and literal in used and literal != computed]
+  if wrong:
+    raise DataError(f"{vt.name}: the prepared {vt.carve.base} split has {n} examples, so by "
+                    f"task_adaptation's rule {'; '.join(wrong)}; set config.data.*_split "
+                    "explicitly to the corrected strings")
+
+
+def _num_classes(data_config: Any, info: Any) -> int:
+  configured = int(data_config.num_classes)
+  features = getattr(info, "features", None)
+  known = None
+  if data_config.label_fn == "label" and features is not None and "label" in features:
+    known = getattr(features["label"], "num_classes", None)
+  if configured and known and configured != known:
+    raise ConfigError(f"config.data.num_classes={configured} but {data_config.tfds_name} has "
+                      f"{known} labels; fix config.data.num_classes (or set it to 0)")
+  if not (configured or known):
+    raise ConfigError("config.data.num_classes is 0 and cannot be read from the dataset; "
+                      "set config.data.num_classes")
+  return configured or int(known)
+
+
+def build_tfds_task(data_config: Any, *, image_size: int, value_range: str) -> Task:
+  """Builds a `Task` from a prepared TFDS dataset (`config.data.source = 'tfds'`)."""
+  task_name = ALIASES.get(data_config.task, data_config.task)
+  vt: Optional[VtabTask] = TASKS.get(task_name)
+  tfds_name = data_config.tfds_name or (vt.tfds_name if vt else "")
+  if not tfds_name:
+    raise ConfigError("config.data.tfds_name is empty; set it (e.g. 'dtd:3.*.*') or use "
+                      "configs/vtab.py:<task>")
+  method = data_config.get("resize_method", "bicubic")
+  if method not in RESIZE_METHODS:
+    raise ConfigError(f"config.data.resize_method={method!r} is not one of "
+                      f"{sorted(RESIZE_METHODS)}")
+  splits = {"train": data_config.train_split, "val": data_config.val_split,
+            "test": data_config.test_split}
+  for role in ("train", "test"):
+    if not splits[role]:
+      raise ConfigError(f"config.data.{role}_split is empty; set it to a TFDS split string "
+                        "such as 'train[:800]'")
+  label_fn = get_label_fn(data_config.label_fn)
+  data_dir, where = resolve_data_dir(data_config.data_dir)
+  raise_open_file_limit()
+  task_label = task_name or tfds_name.split(":")[0]
+  sources = {role: open_split(tfds_name, split, task=task_label, data_dir=data_dir, where=where)
+             for role, split in splits.items() if split}
+  info = getattr(sources["train"], "dataset_info", None)
+  if vt is not None and tfds_name == vt.tfds_name:
+    check_carve(vt, {k: v for k, v in splits.items() if v}, info)
+  num_classes = _num_classes(data_config, info)
+  normalize = normalizer(value_range)
+  binary = bool(vt and vt.binary_image and tfds_name == vt.tfds_name)
+  made = {}
+  for role, source in sources.items():
+    n = len(source)
+    if n == 0:
+      raise DataError(f"split {splits[role]!r} of {tfds_name} in {data_dir} is empty; check "
+                      f"config.data.{role}_split")
+    load = make_loader(source, label_fn, image_size=image_size, resize_method=method,
+                       binary_image=binary)
+    name = f"{task_label}:{splits[role]}"
+    if role != "test" and n <= MAX_IN_MEMORY:
+      made[role] = load_in_memory(name, n, load, normalize, num_classes=num_classes)
+    else:
+      made[role] = StreamSplit(name, n, load, normalize, num_classes=num_classes)
+  logging.info("tfds task %s: %s", task_label,
+               {r: (splits[r], s.num_examples) for r, s in made.items()})
+  return Task(
+      name=task_label, num_classes=num_classes, train=made["train"], test=made["test"],
+      val=made.get("val"),
+      info={"source": "tfds", "tfds_name": tfds_name, "data_dir": data_dir,
+            "tfds_version": str(getattr(info, "version", "")),
+            "splits": {r: splits[r] for r in made},
+            "num_examples": {r: s.num_examples for r, s in made.items()},
+            "label_fn": data_config.label_fn, "group": vt.group if vt else "",
+            "value_range": value_range, "resize_method": method})
+
+
+register_source("tfds", build_tfds_task)
