@@ -21,10 +21,10 @@ from heat_jax.testing import vit_golden
 FIXTURES = Path(__file__).parent / "fixtures" / "vit_timm"
 CASE_FILES = sorted(FIXTURES.glob("*.json"))
 TOLERANCE = 1e-4
-
-
-def _case_id(path: Path) -> str:
-  return path.stem
+# Full-size cases (regenerate ~90-330 MB of weights) carry the `slow` marker.
+CASE_PARAMS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow]
+                            if json.loads(p.read_text()).get("full_size") else [])
+               for p in CASE_FILES]
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +59,9 @@ def test_fixtures_present_and_small():
   assert total < 1_000_000, f"fixtures take {total} bytes"
 
 
-@pytest.mark.parametrize("case_file", CASE_FILES, ids=_case_id)
-def test_logits_equal_timm(case_file: Path, checkpoint_files, request):
+@pytest.mark.parametrize("case_file", CASE_PARAMS)
+def test_logits_equal_timm(case_file: Path, checkpoint_files):
   case = json.loads(case_file.read_text())
-  if case.get("full_size"):
-    request.node.add_marker(pytest.mark.slow)
   with np.load(case_file.with_suffix(".npz"), allow_pickle=False) as data:
     expected = data["logits"]
   path, arrays = checkpoint_files(case)

@@ -9,8 +9,10 @@ freshly initialised parameter tree and reports every mismatch in one error.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -117,14 +119,45 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
   family = getattr(model, "family", "vit")
   if family not in _CONVERTERS:
     raise CheckpointError(f"no checkpoint converter for model family {family!r}")
-  fresh = init_params(model, image_size=image_size, rng=rng)
-  flat_fresh = traverse_util.flatten_dict(fresh, sep="/")
+  flat_fresh = _fresh_template(model, image_size=image_size, rng=rng)
   template = {k: tuple(v.shape) for k, v in flat_fresh.items()}
   loaded, _ = _CONVERTERS[family](path, template=template, model=model,
                                   image_hw=image_hw(model, image_size),
                                   interpolation=interpolation)
   merged = merge_into_template(loaded, flat_fresh, source=str(path))
   return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def _fresh_template(model: nn.Module, *, image_size: Optional[int | tuple[int, int]],
+                    rng: Optional[jax.Array]) -> dict[str, Any]:
+  """Flat parameter template: values for fresh parameters, shapes for the rest.
+
+  Only the head and extension parameters are initialised (the same values as
+  `init_params` gives them); the rest is shape-only, so loading never pays for a
+  random init of the whole backbone.
+  """
+  hw = image_hw(model, image_size)
+  rng = jax.random.key(0) if rng is None else rng
+  shapes = jax.eval_shape(functools.partial(_init_flat, model, hw), rng)
+  try:
+    hash(model)
+    init_fresh = _init_fresh_cached  # compiled once per (model, size)
+  except TypeError:
+    init_fresh = jax.jit(_init_fresh, static_argnums=(0, 1))
+  values = jax.device_get(init_fresh(model, hw, rng))
+  return {k: values[k] if k in values else shapes[k] for k in shapes}
+
+
+def _init_flat(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[str, Any]:
+  params = model.init(rng, jnp.zeros((1, *hw, 3), jnp.float32))["params"]
+  return traverse_util.flatten_dict(params, sep="/")
+
+
+def _init_fresh(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[str, Any]:
+  return {k: v for k, v in _init_flat(model, hw, rng).items() if is_fresh_param(k)}
+
+
+_init_fresh_cached = jax.jit(_init_fresh, static_argnums=(0, 1))
 
 
 def merge_into_template(loaded: dict[str, np.ndarray], fresh: dict[str, Any], *,
@@ -163,9 +196,12 @@ def _convert_vit(path: Path, *, template: dict, model: nn.Module,
   if path.suffix != ".npz":
     raise CheckpointError(f"{path}: ViT checkpoints must be .npz files (vit_jax or "
                           "big_vision layout)")
+  if not zipfile.is_zipfile(path):
+    raise CheckpointError(f"{path} is not an .npz (zip) archive; delete it if it is a "
+                          "partial download and try again")
   try:
     arrays = load_npz(path)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise CheckpointError(f"cannot read {path} as .npz ({e}); delete it if it is a "
                           "partial download and try again") from None
   p = model.patch_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -38,15 +39,22 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
       with atomic_open(dest, "wb") as f, tqdm(
           total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
           disable=not progress, leave=False) as bar:
+        received = 0
         while chunk := response.read(1 << 20):
           f.write(chunk)
+          received += len(chunk)
           bar.update(len(chunk))
+        if total is not None and received != total:
+          # Raised inside atomic_open: the partial file never reaches `dest`.
+          raise DownloadError(f"download of {url} stopped after {received} of {total} "
+                              f"bytes; try again, or download the file by hand and put "
+                              f"it at {dest}")
   except urllib.error.HTTPError as e:
     raise DownloadError(f"could not download {url}: HTTP {e.code} {e.reason}; check the "
                         f"checkpoint name, or download the file by hand and put it at "
                         f"{dest}") from None
   except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-          OSError) as e:
+          OSError, http.client.HTTPException) as e:
     reason = getattr(e, "reason", e)
     raise DownloadError(f"could not download {url} ({reason}); if this machine is "
                         f"offline, download the file elsewhere and put it at {dest}, "

@@ -287,12 +287,17 @@ class SwinCheckpointInfo(CheckpointInfo):
     base = os.environ.get(self.base_env) or self.default_base
     return f"{base.rstrip('/')}/{self.url_path or self.path}"
 
+  @property
+  def filename(self) -> str:
+    """A unique file name (timm's files are all called model.safetensors)."""
+    return self.path.split("/", 1)[-1].replace("/", "_")
+
 
 def _timm(tag: str, model: str, note: str, *aliases: str) -> None:
   register_checkpoint(SwinCheckpointInfo(
       name=f"timm/{tag}", family="swin", path=f"swin/{tag}/model.safetensors",
       base_env="HEAT_JAX_SWIN_URL", default_base=TIMM_HF_URL, model=model, note=note,
-      url_path=f"{tag}/resolve/main/model.safetensors"), *aliases)
+      url_path=f"{tag}/resolve/main/model.safetensors"), tag, *aliases)
 
 
 _timm("swin_base_patch4_window7_224.ms_in22k", "Swin-B",
@@ -310,4 +315,5 @@ register_checkpoint(SwinCheckpointInfo(
     path="swin/microsoft/swin_base_patch4_window7_224_22k.pth",
     base_env="HEAT_JAX_SWIN_MS_URL", default_base=MICROSOFT_URL, model="Swin-B",
     note="original Microsoft release, ImageNet-22k (torch pickle; needs torch)",
-    url_path="v1.0.0/swin_base_patch4_window7_224_22k.pth"))
+    url_path="v1.0.0/swin_base_patch4_window7_224_22k.pth"),
+    "swin_base_patch4_window7_224_22k")

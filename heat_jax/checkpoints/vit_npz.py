@@ -70,10 +70,11 @@ def to_canonical(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
       child = _PRE_LINEN.get(match.group(2), match.group(2))
       key = f"{match.group(1)}/{child}{match.group(3)}"
     out[key] = value
-  if dialect == "big_vision":
+  # The slot depends on where the posemb is stored, not on the block names: a
+  # Linen-named vit_jax file keeps its class slot under Transformer/posembed_input.
+  if "pos_embedding" in out:  # big_vision: top level, added before the cls concat
+    out[POSEMB] = out.pop("pos_embedding")
     has_slot = False
-    if "pos_embedding" in out:
-      out[POSEMB] = out.pop("pos_embedding")
   else:
     has_slot = "cls" in out
   return out, {"dialect": dialect, "posemb_has_cls_slot": has_slot}
