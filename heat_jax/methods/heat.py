@@ -26,7 +26,11 @@ TUNES = ("head_weights", "lora")
 
 
 def head_weight_mask(params: dict, selected: np.ndarray) -> partition.FlatMask:
-  """Element masks selecting the q/k/v/out slices of the selected heads."""
+  """Element masks selecting the q/k/v/out slices of the selected heads.
+
+  Swin's relative-position bias table has one column per head; a selected head's
+  column trains with it.
+  """
   mask = {k: False for k in partition.flatten(params)}
   for row, path in enumerate(attention_paths(params)):
     prefix = "/".join(path)
@@ -36,6 +40,9 @@ def head_weight_mask(params: dict, selected: np.ndarray) -> partition.FlatMask:
       mask[f"{prefix}/{proj}/kernel"] = sel[None, :, None]
       mask[f"{prefix}/{proj}/bias"] = sel[:, None]
     mask[f"{prefix}/out/kernel"] = sel[:, None, None]
+    table = f"{prefix}/relative_position_bias_table"
+    if table in mask:
+      mask[table] = sel[None, :]
   return mask
 
 
