@@ -34,7 +34,30 @@ def _fail(message: str) -> int:
   return 2
 
 
+def _config_error_line(e: BaseException) -> str:
+  """One line from config_flags' nested, multi-line load errors."""
+  chain = [e]
+  while chain[-1].__cause__ or chain[-1].__context__:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  for err in chain:
+    if isinstance(err, UserError):
+      return err.one_line()
+  for err in chain:
+    if isinstance(err, KeyError) and err.args:  # unknown field in an override
+      text = str(err.args[0]).splitlines()
+      name = text[0].strip("'\"")
+      hint = f" {text[1]}" if len(text) > 1 else ""
+      return (f"unknown config field {name!r} in an override.{hint} The fields are "
+              "listed in configs/common.py (base_config)")
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  if len(lines) > 1 and "config file" in lines[0]:
+    return f"cannot load the config: {lines[-1]} (check --config=configs/<file>.py:<args>)"
+  return f"bad config: {' '.join(lines) or type(e).__name__}"
+
+
 def default_workdir(config) -> str:
+  if config.get("job", "train") == "study":
+    return os.path.join("workdirs", "demo")
   task = config.data.get("task") or "run"
   return os.path.join("workdirs", str(task), str(config.method.name))
 
@@ -45,12 +68,13 @@ def main(argv: Sequence[str], default_config: Optional[str] = None) -> int:
   try:
     FLAGS(list(argv))
     config = FLAGS.config
+    config.get("job")  # config_flags loads lazily: surface load errors here
   except flags.Error as e:
     return _fail(str(e).splitlines()[0] if str(e) else repr(e))
   except UserError as e:
     return _fail(e.one_line())
-  except (AttributeError, KeyError, TypeError, ValueError, FileNotFoundError) as e:
-    return _fail(f"bad config: {e}")
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    return _fail(_config_error_line(e))
   if config is None:
     return _fail("no config; pass --config=configs/<file>.py[:args]")
   workdir = FLAGS.workdir or default_workdir(config)
