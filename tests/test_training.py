@@ -219,3 +219,35 @@ def test_weight_decay_does_not_move_masked_elements():
   new = optimizer.apply_masked_updates(params, updates, masks)
   assert np.array_equal(np.asarray(new["w"][:, 1]), np.ones((2, 4)))
   assert np.all(np.asarray(new["w"][:, 0]) < 1.0)
+
+
+def test_bf16_compute_keeps_float32_params(tiny_config, tmp_path):
+  c = tiny_config
+  c.method.name = "lora"
+  c.train.bf16 = True
+  results = experiment.run(c, str(tmp_path), log=lambda *_: None)
+  assert np.isfinite(results["history"][-1]["test_top1"])
+  stored = np.load(tmp_path / "adapter.npz", allow_pickle=False)
+  assert all(stored[k].dtype == np.float32 for k in stored.files)
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert all(np.isfinite(l["train/loss"]) for l in lines if "train/loss" in l)
+
+
+def test_data_parallel_mesh_matches_single_device(tmp_path):
+  """Two emulated CPU devices shard the batch; results match one device closely."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  outs = {}
+  for n in (1, 2):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+           "HEAT_JAX_NO_TENSORBOARD": "1"}
+    work = tmp_path / f"d{n}"
+    proc = subprocess.run(
+        [sys.executable, "run.py", "--config=configs/smoke.py:method=lora",
+         f"--workdir={work}", "--config.train.progress=False"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outs[n] = np.load(work / "adapter.npz", allow_pickle=False)
+  for k in outs[1].files:
+    np.testing.assert_allclose(outs[2][k], outs[1][k], rtol=1e-3, atol=1e-4)
