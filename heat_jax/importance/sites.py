@@ -1,23 +1,22 @@
-"""Finding the attention layers ("sites") in a parameter tree, in head-gate row order.
+"""The attention layers ("sites") of a parameter tree, in head-gate row order.
 
-An attention site is any subtree with `query`, `key`, `value` and `out` children in the
-per-head layout of `heat_jax.models.layers.MultiHeadAttention`:
+Discovery and order come from `heat_jax.models.attention_paths` (the same order the
+HEAT masks use): any subtree with `query`, `key`, `value` and `out` children, ordered
+by the numbers in its path compared as integers (ViT `encoderblock_{i}`; Swin
+`layers_{s}` then `blocks_{b}`), which is how both models number `head_gates` rows.
+This module checks that each site has the per-head layout of
+`heat_jax.models.layers.MultiHeadAttention`:
 
   query/key/value: kernel [hidden, heads, head_dim], bias [heads, head_dim]
   out:             kernel [heads, head_dim, hidden]
-
-ViT keeps them at `Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0`, Swin at
-`layers_{s}/blocks_{b}/attn`. Sites are ordered by the numbers in their path compared
-as integers (a natural sort: `encoderblock_2` before `encoderblock_10`, Swin stage before
-block), which is the order in which both models number the rows of `head_gates`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
+from heat_jax.models.attention_paths import attention_paths, get_subtree
 from heat_jax.models.registry import HeadLayout
 
 PROJECTIONS = ("query", "key", "value")
@@ -42,15 +41,6 @@ class AttentionSite:
     return "/".join(self.path)
 
 
-def natural_key(path: Path) -> tuple:
-  """Sort key that compares the digit runs of every path component as integers."""
-  key = []
-  for part in path:
-    pieces = re.split(r"(\d+)", part)
-    key.append(tuple(int(p) if i % 2 else p for i, p in enumerate(pieces)))
-  return tuple(key)
-
-
 def unwrap_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
   """Accepts `params` or a variables dict `{'params': params}`."""
   if isinstance(params, Mapping) and set(params.keys()) == {"params"}:
@@ -58,26 +48,27 @@ def unwrap_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
   return params
 
 
-def _site_at(path: Path, node: Mapping[str, Any]) -> Optional[AttentionSite]:
-  """The site described by `node`, or None if `node` is not an attention subtree."""
-  if not all(isinstance(node.get(n), Mapping) for n in (*PROJECTIONS, "out")):
-    return None
+def _site_at(path: Path, node: Mapping[str, Any]) -> AttentionSite:
+  """Validates the per-head shapes of the attention subtree `node`."""
+  where = "/".join(path) or "<root>"
   kernels = [node[n].get("kernel") for n in PROJECTIONS]
   out = node["out"].get("kernel")
   if any(k is None or len(k.shape) != 3 for k in kernels) or out is None or len(out.shape) != 3:
-    return None
+    raise ValueError(f"{where}: attention kernels are not in the per-head layout "
+                     "(query/key/value [hidden, heads, head_dim], out [heads, head_dim, "
+                     "hidden])")
   _, heads, head_dim = kernels[0].shape
   if any(tuple(k.shape[1:]) != (heads, head_dim) for k in kernels):
-    raise ValueError(f"{'/'.join(path)}: query/key/value kernels disagree on "
-                     f"[heads, head_dim]: {[tuple(k.shape) for k in kernels]}")
+    raise ValueError(f"{where}: query/key/value kernels disagree on [heads, head_dim]: "
+                     f"{[tuple(k.shape) for k in kernels]}")
   if tuple(out.shape[:2]) != (heads, head_dim):
-    raise ValueError(f"{'/'.join(path)}: out kernel {tuple(out.shape)} does not start with "
+    raise ValueError(f"{where}: out kernel {tuple(out.shape)} does not start with "
                      f"[heads, head_dim] = {(heads, head_dim)}")
   biases = [node[n].get("bias") for n in PROJECTIONS]
   has_bias = all(b is not None for b in biases)
   if has_bias and any(tuple(b.shape) != (heads, head_dim) for b in biases):
-    raise ValueError(f"{'/'.join(path)}: query/key/value biases are not [heads, head_dim]")
-  return AttentionSite(path, int(heads), int(head_dim), has_bias)
+    raise ValueError(f"{where}: query/key/value biases are not [heads, head_dim]")
+  return AttentionSite(tuple(path), int(heads), int(head_dim), has_bias)
 
 
 def find_attention_sites(params: Mapping[str, Any]) -> list[AttentionSite]:
@@ -85,21 +76,8 @@ def find_attention_sites(params: Mapping[str, Any]) -> list[AttentionSite]:
 
   Works on arrays or anything with a `.shape` (e.g. `jax.ShapeDtypeStruct`).
   """
-  sites = []
-
-  def visit(path: Path, node: Any) -> None:
-    if not isinstance(node, Mapping):
-      return
-    site = _site_at(path, node)
-    if site is not None:
-      sites.append(site)
-      return
-    for name, child in node.items():
-      visit(path + (str(name),), child)
-
-  visit((), unwrap_params(params))
-  sites.sort(key=lambda s: natural_key(s.path))
-  return sites
+  params = unwrap_params(params)
+  return [_site_at(path, get_subtree(params, path)) for path in attention_paths(params)]
 
 
 def check_sites(sites: list[AttentionSite], layout: HeadLayout) -> None:

@@ -17,6 +17,7 @@ at trace time only. `compute_tis` averages the per-batch absolute scores over ba
 
 from __future__ import annotations
 
+import collections
 import itertools
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -24,12 +25,12 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from heat_jax.errors import ConfigError, DataError
 from heat_jax.importance.sites import (PROJECTIONS, AttentionSite, check_sites,
                                        find_attention_sites, unwrap_params)
+from heat_jax.losses import masked_cross_entropy
 from heat_jax.models.registry import head_layout
 
 Array = jax.Array
@@ -42,13 +43,24 @@ Step = Callable[[Params, Batch], Array]
 STRATEGIES = ("qkv", "out", "head", "gate")
 NORMALIZE = ("none", "layer")
 _PARAM_GROUPS = {"qkv": PROJECTIONS, "out": ("out",), "head": PROJECTIONS + ("out",)}
+_CACHE: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+_CACHE_SIZE = 16
 
 
-def masked_cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
-  """Mean softmax cross-entropy over the rows with mask == 1 (padding rows ignored)."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
-  mask = mask.astype(ce.dtype)
-  return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1)
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+  """Reuses jitted functions for equal (model, options) keys so repeated calls compile
+  once; falls back to building afresh for unhashable keys."""
+  try:
+    hash(key)
+  except TypeError:
+    return build()
+  if key in _CACHE:
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+  _CACHE[key] = value = build()
+  if len(_CACHE) > _CACHE_SIZE:
+    _CACHE.popitem(last=False)
+  return value
 
 
 def check_strategy(strategy: str) -> str:
@@ -58,12 +70,17 @@ def check_strategy(strategy: str) -> str:
   return strategy
 
 
-def normalize_scores(scores: np.ndarray, normalize: str = "none",
-                     valid: Optional[np.ndarray] = None) -> np.ndarray:
-  """`'layer'`: divides every layer's row by its L2 norm (all-zero rows stay zero)."""
+def check_normalize(normalize: str) -> str:
   if normalize not in NORMALIZE:
     raise ConfigError(f"importance normalize must be one of {', '.join(NORMALIZE)}; "
                       f"got {normalize!r}")
+  return normalize
+
+
+def normalize_scores(scores: np.ndarray, normalize: str = "none",
+                     valid: Optional[np.ndarray] = None) -> np.ndarray:
+  """`'layer'`: divides every layer's row by its L2 norm (all-zero rows stay zero)."""
+  check_normalize(normalize)
   scores = np.array(scores, dtype=np.float64)
   if valid is not None:
     scores[~np.asarray(valid, bool)] = 0.0
@@ -112,9 +129,15 @@ def make_tis_step(model: Any, strategy: str = "head", *,
   """Returns `step(params, batch) -> [layers, max_heads]` scores of one batch (jitted).
 
   Entries of absent heads (ragged Swin rows) are 0. `batch` needs `image` and `label`;
-  `mask` (1 = real row) defaults to ones.
+  `mask` (1 = real row) defaults to ones. Equal (model, strategy, loss_fn) share one
+  jitted function.
   """
   check_strategy(strategy)
+  return _cached(("tis", model, strategy, loss_fn),
+                 lambda: _build_tis_step(model, strategy, loss_fn))
+
+
+def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Step:
   layout = head_layout(model)
   valid = layout.valid
   loss_fn = loss_fn or masked_cross_entropy
@@ -188,14 +211,15 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
     strategy: 'qkv' | 'out' | 'head' | 'gate'.
     num_batches: use the first `num_batches` batches (None or 0 = all).
     normalize: 'none' | 'layer' (per-layer L2 normalisation, for global ranking).
-    loss_fn: `loss_fn(logits, labels, mask) -> scalar`; default masked mean cross-entropy.
+    loss_fn: `loss_fn(logits, labels, mask) -> scalar`; default
+      `heat_jax.losses.masked_cross_entropy` (mean over mask == 1 rows).
     progress: tqdm bar (None = only on a terminal).
 
   Returns:
     The mean over batches of each batch's (absolute) scores.
   """
   check_strategy(strategy)
-  normalize_scores(np.zeros((1, 1)), normalize)  # validates `normalize` before any work
+  check_normalize(normalize)
   layout = head_layout(model)
   step = make_tis_step(model, strategy, loss_fn=loss_fn)
   params = jax.device_put(params)
@@ -217,6 +241,15 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
   if count == 0:
     raise DataError("importance scores need at least one batch with a real (mask = 1) row")
   return normalize_scores(total / count, normalize, layout.valid)
+
+
+def _build_gated_loss(model: Any, loss_fn: LossFn) -> Callable[..., Array]:
+  @jax.jit
+  def loss(params, image, label, mask, gates):
+    logits = model.apply({"params": unwrap_params(params)}, image, head_gates=gates,
+                         train=False)
+    return loss_fn(logits, label, mask)
+  return loss
 
 
 def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
@@ -246,11 +279,7 @@ def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
   check_sites(sites, layout)
   ones = np.ones(layout.shape, _gate_dtype(unwrap_params(params), sites))
 
-  @jax.jit
-  def loss(params, image, label, mask, gates):
-    logits = model.apply({"params": unwrap_params(params)}, image, head_gates=gates,
-                         train=False)
-    return loss_fn(logits, label, mask)
+  loss = _cached(("ablation", model, loss_fn), lambda: _build_gated_loss(model, loss_fn))
 
   batches, total_batches = _take(batches, num_batches)
   total = np.zeros(layout.shape, np.float64)
