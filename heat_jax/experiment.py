@@ -7,17 +7,15 @@ checkpoint (unless `config.train.resume=False`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm import tqdm
 
 from heat_jax import artifacts, checkpoints, model_spec

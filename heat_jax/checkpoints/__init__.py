@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from heat_jax.checkpoints import registry, vit_npz
+from heat_jax.checkpoints import vit_npz
 from heat_jax.checkpoints.download import download
 from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints,
                                            get_checkpoint, register_checkpoint)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -59,12 +58,4 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
     raise DownloadError(f"could not download {url} ({reason}); if this machine is "
                         f"offline, download the file elsewhere and put it at {dest}, "
                         f"or pass a local path") from None
-  return dest
-
-
-def copy_into_cache(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
-  """Copies a local file into the cache atomically (used for `file://` sources)."""
-  dest = Path(dest)
-  with open(src, "rb") as fin, atomic_open(dest, "wb") as fout:
-    shutil.copyfileobj(fin, fout)
   return dest

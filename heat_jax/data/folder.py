@@ -26,7 +26,8 @@ from PIL import Image
 
 from heat_jax.data import register_source
 from heat_jax.data.base import Task
-from heat_jax.data.preprocess import RESIZE_METHODS, normalizer, resize_uint8
+from heat_jax.data.preprocess import (check_resize_method, normalizer, resize_uint8,
+                                      split_names)
 from heat_jax.data.stream import Loader, StreamSplit, load_in_memory
 from heat_jax.errors import ConfigError, DataError
 
@@ -183,16 +184,8 @@ def build_folder_task(data_config: Any, *, image_size: int, value_range: str) ->
   if not data_config.folder_root:
     raise ConfigError("config.data.folder_root is empty; set it to the image root (e.g. "
                       "configs/vtab.py:dtd,source=folder,root=/data/dtd)")
-  method = data_config.get("resize_method", "bicubic")
-  if method not in RESIZE_METHODS:
-    raise ConfigError(f"config.data.resize_method={method!r} is not one of "
-                      f"{sorted(RESIZE_METHODS)}")
-  splits = {"train": data_config.train_split, "val": data_config.val_split,
-            "test": data_config.test_split}
-  for role in ("train", "test"):
-    if not splits[role]:
-      raise ConfigError(f"config.data.{role}_split is empty; set it to a folder name under "
-                        f"{data_config.folder_root}")
+  method = check_resize_method(data_config.get("resize_method", "bicubic"))
+  splits = split_names(data_config, f"a folder name under {data_config.folder_root}")
   dataset = FolderDataset(data_config.folder_root)
   names = [name for expr in splits.values() if expr for name, _, _ in parse_split(expr)]
   entries = {role: dataset.split(expr, names) for role, expr in splits.items() if expr}

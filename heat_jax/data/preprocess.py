@@ -71,3 +71,24 @@ def resize_uint8(image: np.ndarray, size: tuple[int, int], method: str = "bicubi
                       f"{sorted(RESIZE_METHODS)}")
   pil = Image.fromarray(image).resize((size[1], size[0]), RESIZE_METHODS[method])
   return np.asarray(pil, np.uint8)
+
+
+def check_resize_method(method: str) -> str:
+  """Validates `config.data.resize_method`."""
+  if method not in RESIZE_METHODS:
+    raise ConfigError(f"config.data.resize_method={method!r} is not one of "
+                      f"{sorted(RESIZE_METHODS)}")
+  return method
+
+
+def split_names(data_config, hint: str) -> dict[str, str]:
+  """{'train', 'val', 'test'} split names from `config.data`; train and test required.
+
+  `hint` completes the error message (what a split name looks like for the source).
+  """
+  splits = {"train": data_config.train_split, "val": data_config.val_split,
+            "test": data_config.test_split}
+  for role in ("train", "test"):
+    if not splits[role]:
+      raise ConfigError(f"config.data.{role}_split is empty; set it to {hint}")
+  return splits

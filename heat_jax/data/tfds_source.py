@@ -17,7 +17,8 @@ import numpy as np
 from heat_jax.data import register_source
 from heat_jax.data.base import Task
 from heat_jax.data.labels import LabelFn, get_label_fn
-from heat_jax.data.preprocess import RESIZE_METHODS, normalizer, resize_uint8
+from heat_jax.data.preprocess import (check_resize_method, normalizer, resize_uint8,
+                                      split_names)
 from heat_jax.data.stream import Loader, StreamSplit, load_in_memory
 from heat_jax.data.vtab_tasks import ALIASES, MANUAL_INSTRUCTIONS, TASKS, VtabTask
 from heat_jax.errors import ConfigError, DataError
@@ -159,16 +160,8 @@ def build_tfds_task(data_config: Any, *, image_size: int, value_range: str) -> T
   if not tfds_name:
     raise ConfigError("config.data.tfds_name is empty; set it (e.g. 'dtd:3.*.*') or use "
                       "configs/vtab.py:<task>")
-  method = data_config.get("resize_method", "bicubic")
-  if method not in RESIZE_METHODS:
-    raise ConfigError(f"config.data.resize_method={method!r} is not one of "
-                      f"{sorted(RESIZE_METHODS)}")
-  splits = {"train": data_config.train_split, "val": data_config.val_split,
-            "test": data_config.test_split}
-  for role in ("train", "test"):
-    if not splits[role]:
-      raise ConfigError(f"config.data.{role}_split is empty; set it to a TFDS split string "
-                        "such as 'train[:800]'")
+  method = check_resize_method(data_config.get("resize_method", "bicubic"))
+  splits = split_names(data_config, "a TFDS split string such as 'train[:800]'")
   label_fn = get_label_fn(data_config.label_fn)
   data_dir, where = resolve_data_dir(data_config.data_dir)
   raise_open_file_limit()

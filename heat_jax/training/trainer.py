@@ -9,7 +9,7 @@ along 'data'; parameters are replicated; XLA inserts the gradient all-reduce.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
