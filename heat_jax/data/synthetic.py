@@ -536,9 +536,22 @@ def generate_split(name: str, split: str, n: int, *, seed: int,
   if name == "digits":
     return _digits_split(split, n, seed=seed, image_size=image_size or native,
                          resize_method=resize_method)
+  return _generated(name, split, n, seed, image_size or native, resize_method)
+
+
+@functools.lru_cache(maxsize=12)
+def _generated(name: str, split: str, n: int, seed: int, image_size: int,
+               resize_method: str) -> tuple[np.ndarray, np.ndarray]:
+  """Memoised generation (a study builds the same splits once per method and seed);
+  the arrays are read-only so that no caller can change another's data."""
+  gen, _, native = GENERATORS[name]
   rng = np.random.default_rng([seed, _task_id(name), STREAMS[split]])
   images, labels = gen(rng, n, native)
-  return _resize_all(images, image_size or native, resize_method), labels.astype(np.int32)
+  images = _resize_all(images, image_size, resize_method)
+  labels = labels.astype(np.int32)
+  images.flags.writeable = False
+  labels.flags.writeable = False
+  return images, labels
 
 
 def _digits_split(split: str, n: int, *, seed: int, image_size: int, resize_method: str,

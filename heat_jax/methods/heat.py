@@ -61,6 +61,25 @@ def head_lora_mask(params: dict, selected: np.ndarray) -> partition.FlatMask:
   return mask
 
 
+def scoring_params(params: dict, seed: int) -> tuple[dict, bool]:
+  """The parameters TIS is computed with, and whether the classifier was replaced.
+
+  TIS is first order in the loss, and every gradient into the backbone passes through
+  the classifier; with the vit_jax convention of a zero-initialised classifier all
+  scores are exactly 0 and the selection degenerates to the tie order (the first heads
+  of the first layer). A zero classifier kernel is therefore replaced, for scoring only,
+  by a seeded LeCun-normal one (the PyTorch / timm convention for a fresh classifier);
+  training still starts from the model's own classifier.
+  """
+  head = params.get("head")
+  if head is None or "kernel" not in head or np.any(np.asarray(head["kernel"])):
+    return params, False
+  kernel = np.asarray(head["kernel"])
+  rng = np.random.default_rng([seed, 0x7115])
+  fresh = rng.standard_normal(kernel.shape) / np.sqrt(max(kernel.shape[0], 1))
+  return {**params, "head": {**head, "kernel": fresh.astype(kernel.dtype)}}, True
+
+
 @register_method
 class Heat(Method):
   name = "heat"
@@ -90,9 +109,13 @@ class Heat(Method):
     imp, h = self.config.importance, self.config.heat
     start = time.time()
     batches = ctx.task.train.batches(imp.batch_size, shuffle=False, pad=True)
-    scores = importance.compute_tis(ctx.model, ctx.params, batches, strategy=imp.strategy,
+    params, replaced = scoring_params(ctx.params, int(self.config.seed))
+    scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
                                     num_batches=imp.num_batches or None,
                                     normalize=imp.normalize)
+    if not np.any(scores[layout.valid]):
+      raise ConfigError("all head importance scores are 0 (no gradient reaches the "
+                        "attention heads), so HEAT cannot rank the heads")
     deactivate = None if h.deactivate < 0 else int(h.deactivate)
     budget = h.budget
     if isinstance(budget, float) and budget >= 1 and float(budget).is_integer():
@@ -101,6 +124,7 @@ class Heat(Method):
                                        seed=h.select_seed, valid=layout.valid,
                                        deactivate=deactivate)
     self.info.update(tis_seconds=round(time.time() - start, 3),
+                     tis_classifier="random (zero-initialised head)" if replaced else "model",
                      heads_selected=int(selected.sum()), heads_total=layout.total_heads)
     if ctx.workdir:
       meta = {"strategy": imp.strategy, "normalize": imp.normalize, "scope": h.scope,

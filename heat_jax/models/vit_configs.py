@@ -22,5 +22,9 @@ for _size, _patches in (("Ti", (16, 32)), ("S", (16, 32)), ("B", (8, 16, 32)),
 # Tiny configurations for tests and the offline demo (32x32 images).
 register_model("ViT-tiny", ViT, patch_size=4, hidden_size=64, num_layers=4, num_heads=4,
                mlp_dim=128, image_size=32)
+# The offline demo's backbone: 16 tokens of 8x8 pixels at 32px (4x cheaper than patch 4)
+# and 4 x 8 = 32 heads, so that choosing a few heads is a real choice.
+register_model("ViT-demo", ViT, patch_size=8, hidden_size=64, num_layers=4, num_heads=8,
+               mlp_dim=128, image_size=32)
 register_model("ViT-micro", ViT, patch_size=8, hidden_size=32, num_layers=2, num_heads=2,
                mlp_dim=64, image_size=32)

@@ -1,0 +1,90 @@
+"""The offline demo: `configs/demo.py` builds, and a tiny version of the study runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import demo
+from heat_jax import experiment, study
+from heat_jax.data import synthetic
+from heat_jax.errors import ConfigError
+from heat_jax.models import create_model, head_layout
+
+ALL_VARIANTS = ["heat", "heat_random", "heat_bottom", "lora", "linear", "full"]
+# ViT-micro (2 layers x 2 heads) keeps the end-to-end run to seconds.
+TINY = "tasks=texture,epochs=1,model=ViT-micro,budget=2,pretrain_steps=10,pretrain_images=640"
+
+
+def test_demo_config_builds():
+  c = demo.get_config()
+  assert c.job == "study" and c.study.seeds == 1
+  assert c.study.variants.split(",") == ALL_VARIANTS
+  tasks = c.study.tasks.split(",")
+  assert len(tasks) == 4 and all(t in synthetic.GENERATORS for t in tasks)
+  assert c.base.data.source == "synthetic" and c.base.model.image_size == 32
+  layout = head_layout(create_model(c.base.model.name, 8))
+  assert 1 <= c.base.heat.budget < layout.total_heads
+  experiment.validate(c.base)
+  three = demo.get_config("seeds=3")
+  assert three.study.seeds == 3 and three.study.tasks == c.study.tasks
+  picked = demo.get_config("tasks=texture+count,variants=heat+linear,epochs=2")
+  assert picked.study.tasks == "texture,count" and picked.study.variants == "heat,linear"
+  assert picked.base.train.epochs == 2
+  with pytest.raises(ConfigError):
+    demo.get_config("no_such_argument=1")
+
+
+def test_unknown_variant_fails_before_any_work(tmp_path):
+  c = demo.get_config("variants=heat+nonsense")
+  with pytest.raises(ConfigError, match="nonsense"):
+    study.run(c, str(tmp_path / "wd"), log=lambda *_: None)
+  assert not (tmp_path / "wd").exists()
+
+
+def test_tiny_study_end_to_end(tmp_path, monkeypatch):
+  monkeypatch.setenv("HEAT_JAX_CACHE", str(tmp_path / "cache"))
+  config = demo.get_config(TINY)
+  config.study.compilation_cache = False   # keep the test process's jax config as is
+  workdir = tmp_path / "wd"
+  lines: list[str] = []
+  rows = study.run(config, str(workdir), log=lambda *a: lines.append(" ".join(map(str, a))))
+  out = "\n".join(lines)
+  assert "pretraining the demo backbone" in out and "NOT a VTAB result" in out
+
+  assert [r["variant"] for r in rows] == ALL_VARIANTS
+  assert all(0.0 <= r["test_top1"] <= 1.0 for r in rows)
+  table = (workdir / "results.md").read_text()
+  assert "NOT a VTAB result" in table
+  for variant in ALL_VARIANTS:
+    assert f"| {variant} |" in table
+  assert json.loads((workdir / "results.json").read_text()) == rows
+
+  # The three HEAT variants: same budget, same trainable parameters, other heads.
+  by = {r["variant"]: r for r in rows}
+  heat = [by[v] for v in ("heat", "heat_random", "heat_bottom")]
+  assert len({r["trainable_params"] for r in heat}) == 1
+  assert len({r["trainable_params_no_head"] for r in heat}) == 1
+  assert all(r["heads_selected"] == 2 for r in heat)
+  assert 0 < by["heat"]["trainable_params_no_head"] < by["full"]["trainable_params_no_head"]
+  assert by["linear"]["trainable_params_no_head"] == 0
+  heads = {v: np.load(workdir / "texture" / v / "seed0" / "heads.npy")
+           for v in ("heat", "heat_bottom")}
+  assert heads["heat"].sum() == heads["heat_bottom"].sum() == 2
+  assert not (heads["heat"] & heads["heat_bottom"]).any()   # 2 of 4 heads: disjoint
+  scores = np.load(workdir / "texture" / "heat" / "seed0" / "importance.npy")
+  assert scores[heads["heat"]].min() >= scores[~heads["heat"]].max()
+  assert (workdir / "texture" / "heat" / "seed0" / "importance.png").exists()
+
+  # A second study reuses the cached backbone and starts its runs afresh, even in a
+  # workdir that holds runs of another config.
+  again = demo.get_config(TINY.replace("epochs=1", "epochs=2") + ",variants=heat")
+  again.study.compilation_cache = False
+  lines.clear()
+  rows2 = study.run(again, str(workdir), log=lambda *a: lines.append(" ".join(map(str, a))))
+  assert "using cached pretrained backbone" in "\n".join(lines)
+  assert [r["variant"] for r in rows2] == ["heat"]
+  result = json.loads((workdir / "texture" / "heat" / "seed0" / "results.json").read_text())
+  assert result["config"]["train"]["epochs"] == 2
