@@ -24,15 +24,17 @@ class CheckpointInfo:
   default_base: str
   model: str           # the model configuration it fits
   note: str = ""
+  url_path: str = ""   # path below the base URL when it differs from `path`
 
   @property
   def url(self) -> str:
     base = os.environ.get(self.base_env) or self.default_base
-    return f"{base.rstrip('/')}/{self.path}"
+    return f"{base.rstrip('/')}/{self.url_path or self.path}"
 
   @property
   def filename(self) -> str:
-    return self.path.rsplit("/", 1)[-1]
+    """A file name unique among the registered checkpoints (the cache sub-path)."""
+    return self.path.replace("/", "_")
 
 
 _CHECKPOINTS: dict[str, CheckpointInfo] = {}

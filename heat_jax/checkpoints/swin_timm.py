@@ -17,7 +17,6 @@ the geometrically spaced grid of BEiT). `load_pretrained`'s ViT default `zoom` m
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -276,25 +275,8 @@ TIMM_HF_URL = "https://huggingface.co/timm"
 MICROSOFT_URL = "https://github.com/SwinTransformer/storage/releases/download"
 
 
-@dataclasses.dataclass(frozen=True)
-class SwinCheckpointInfo(CheckpointInfo):
-  """A checkpoint whose download path (`url_path`) differs from its cache path."""
-
-  url_path: str = ""
-
-  @property
-  def url(self) -> str:
-    base = os.environ.get(self.base_env) or self.default_base
-    return f"{base.rstrip('/')}/{self.url_path or self.path}"
-
-  @property
-  def filename(self) -> str:
-    """A unique file name (timm's files are all called model.safetensors)."""
-    return self.path.split("/", 1)[-1].replace("/", "_")
-
-
 def _timm(tag: str, model: str, note: str, *aliases: str) -> None:
-  register_checkpoint(SwinCheckpointInfo(
+  register_checkpoint(CheckpointInfo(
       name=f"timm/{tag}", family="swin", path=f"swin/{tag}/model.safetensors",
       base_env="HEAT_JAX_SWIN_URL", default_base=TIMM_HF_URL, model=model, note=note,
       url_path=f"{tag}/resolve/main/model.safetensors"), tag, *aliases)
@@ -310,7 +292,7 @@ _timm("swin_small_patch4_window7_224.ms_in1k", "Swin-S", "ImageNet-1k", "Swin-S"
       "Swin-S_1k")
 _timm("swin_base_patch4_window7_224.ms_in1k", "Swin-B", "ImageNet-1k", "Swin-B_1k")
 
-register_checkpoint(SwinCheckpointInfo(
+register_checkpoint(CheckpointInfo(
     name="microsoft/swin_base_patch4_window7_224_22k", family="swin",
     path="swin/microsoft/swin_base_patch4_window7_224_22k.pth",
     base_env="HEAT_JAX_SWIN_MS_URL", default_base=MICROSOFT_URL, model="Swin-B",
