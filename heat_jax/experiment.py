@@ -23,7 +23,7 @@ from heat_jax.data import build_task
 from heat_jax.errors import ConfigError
 from heat_jax.io_utils import sha256_file, write_json
 from heat_jax.methods import MethodContext, get_method
-from heat_jax.models import create_model
+from heat_jax.models import create_model, model_family
 from heat_jax.training import partition
 from heat_jax.training.checkpointing import TrainCheckpointer
 from heat_jax.training.metrics import MetricWriter
@@ -54,7 +54,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, overrides: 
   """The linen module for `config.model` plus a method's overrides."""
   fields = {"image_size": config.model.image_size,
             "drop_path_rate": config.model.drop_path_rate}
-  if config.model.name.startswith("ViT"):
+  if model_family(config.model.name) == "vit":
     fields["classifier"] = config.model.classifier
   if config.train.bf16:
     fields["dtype"] = jnp.bfloat16
@@ -92,7 +92,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   overrides = method.model_overrides()
 
   # Data first: a missing dataset fails in seconds, before any download.
-  family = "swin" if config.model.name.startswith("Swin") else "vit"
+  family = model_family(config.model.name)
   task = build_task(config.data, model_family=family, image_size=config.model.image_size)
   num_classes = config.data.num_classes or task.num_classes
   if config.data.num_classes and config.data.num_classes != task.num_classes:

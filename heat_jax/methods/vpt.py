@@ -6,6 +6,7 @@ from typing import Any
 
 from heat_jax.errors import ConfigError
 from heat_jax.methods.base import Method, MethodContext, register_method
+from heat_jax.models import model_family
 from heat_jax.models.vit import VptSpec
 from heat_jax.training import partition
 
@@ -21,7 +22,7 @@ class Vpt(Method):
       raise ConfigError(f"config.vpt.mode={v.mode!r} is not shallow or deep")
     if v.num_tokens < 1:
       raise ConfigError(f"config.vpt.num_tokens must be >= 1, got {v.num_tokens}")
-    if self.config.model.name.startswith("Swin"):
+    if model_family(self.config.model.name) == "swin":
       raise ConfigError("vpt is not supported on Swin (prompts fit shifted windows "
                         "poorly); use lora or adapter")
     return {"vpt": VptSpec(num_tokens=int(v.num_tokens), mode=v.mode)}

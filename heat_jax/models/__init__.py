@@ -1,14 +1,10 @@
 """Models: `create_model(name, num_classes, **overrides)` and `head_layout(model)`."""
 
-import importlib
-import importlib.util
-
 from heat_jax.models.registry import (HeadLayout, available_models, create_model,
-                                      head_layout, model_defaults, register_model)
-from heat_jax.models import vit_configs  # noqa: F401  (registers the ViT names)
-
-if importlib.util.find_spec("heat_jax.models.swin_configs") is not None:
-  importlib.import_module("heat_jax.models.swin_configs")  # registers the Swin names
+                                      head_layout, model_defaults, model_family,
+                                      register_model)
+# Importing a *_configs module registers its named models.
+from heat_jax.models import swin_configs, vit_configs  # noqa: F401,E402
 
 __all__ = ["HeadLayout", "available_models", "create_model", "head_layout",
-           "model_defaults", "register_model"]
+           "model_defaults", "model_family", "register_model"]

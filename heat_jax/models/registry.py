@@ -34,6 +34,12 @@ def model_defaults(name: str) -> dict[str, Any]:
   return dict(_MODELS[name][1])
 
 
+def model_family(name: str) -> str:
+  """'vit' or 'swin' for a registered name, without building the module."""
+  _check_name(name)
+  return getattr(_MODELS[name][0], "family", "vit")
+
+
 def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
   """Builds the linen module for a named configuration.
 
