@@ -127,15 +127,13 @@ def plot_importance(path: str | os.PathLike, scores: np.ndarray,
   for l, h in zip(*np.nonzero(selected)):
     ax.add_patch(Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, edgecolor="red",
                            linewidth=1.6))
-  ax.set_xlabel("head")
   ax.set_ylabel("layer")
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.yaxis.set_major_locator(MaxNLocator(integer=True))
   n_sel, n_valid = int(selected.sum()), int(valid.sum())
   ax.set_title(title or "head importance", fontsize=10)
-  ax.text(1.0, -0.08, f"red box: selected ({n_sel} of {n_valid} heads)"
-          + ("; grey: no head" if not valid.all() else ""),
-          transform=ax.transAxes, ha="right", va="top", fontsize=7)
+  ax.set_xlabel(f"head\nred box: selected ({n_sel} of {n_valid} heads)"
+                + ("; grey: no head" if not valid.all() else ""), fontsize=8)
   fig.colorbar(image, ax=ax, label="importance")
   fig.tight_layout()
   buf = io.BytesIO()
