@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.heat = ml_collections.ConfigDict()
   c.heat.scope = "global"               # global | layer
   c.heat.budget = 0.5                   # count (>= 1) or fraction (0 < b < 1) of heads kept
-  c.heat.deactivate = -1                # paper form: number of heads NOT adapted (-1 = off)
+  c.heat.deactivate = -1.0              # paper form: heads NOT adapted, count or fraction (-1 = off)
   c.heat.select = "top"                 # top | bottom | random
   c.heat.tune = "head_weights"          # head_weights | lora
   c.heat.select_seed = 0

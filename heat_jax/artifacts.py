@@ -18,6 +18,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from heat_jax.checkpoints.vit_npz import LINEN_TO_PRE_LINEN
 from heat_jax.errors import CheckpointError, ConfigError
 from heat_jax.io_utils import load_npz, write_json, write_npz
 from heat_jax.training import partition
@@ -99,41 +100,27 @@ def load_adapter(adapter_dir: str, *, base_checkpoint: Optional[str] = None
   return model, apply_adapter(params, adapter_dir)
 
 
-_PRE_LINEN = {"LayerNorm_0": "LayerNorm_0", "MultiHeadDotProductAttention_0":
-              "MultiHeadDotProductAttention_1", "LayerNorm_1": "LayerNorm_2",
-              "MlpBlock_0": "MlpBlock_3"}
-
-
 def merged_vit_arrays(params: dict, *, lora_scale: Optional[float] = None
                       ) -> dict[str, np.ndarray]:
   """vit_jax on-disk arrays from a ViT parameter tree, LoRA folded into the kernels."""
   flat = {k: np.asarray(v, np.float32) for k, v in partition.flatten(params).items()}
-  out: dict[str, np.ndarray] = {}
-  lora = {k: v for k, v in flat.items() if "/lora_" in k}
+  if any(p.startswith(("adapter", "vpt_")) for k in flat for p in k.split("/")):
+    raise ConfigError("export_merged works for heat, linear, full, bitfit and lora; "
+                      "adapters and prompts cannot be folded into a plain ViT")
+  for key in [k for k in flat if "/lora_" in k and k.endswith("/a")]:
+    if lora_scale is None:
+      raise ValueError("merging LoRA needs lora_scale = alpha / rank")
+    module, name = key[:-len("/a")].rsplit("/", 1)       # .../lora_query
+    delta = np.tensordot(flat[key], flat[key[:-1] + "b"], axes=(1, 0)) * lora_scale
+    flat[f"{module}/{name[len('lora_'):]}/kernel"] += delta.astype(np.float32)
+  out = {}
   for key, value in flat.items():
     if "/lora_" in key:
       continue
-    if any(p.startswith(("adapter", "vpt_")) for p in key.split("/")):
-      raise ConfigError("export_merged works for heat, linear, full, bitfit and lora; "
-                        "adapters and prompts cannot be folded into a plain ViT")
     parts = key.split("/")
     if len(parts) > 2 and parts[1].startswith("encoderblock_"):
-      parts[2] = _PRE_LINEN.get(parts[2], parts[2])
+      parts[2] = LINEN_TO_PRE_LINEN.get(parts[2], parts[2])
     out["/".join(parts)] = value
-  for key, a in lora.items():
-    if not key.endswith("/a"):
-      continue
-    prefix = key[:-2]                      # .../lora_query
-    module, name = prefix.rsplit("/", 1)
-    target = name[len("lora_"):]
-    b = lora[prefix + "/b"]
-    if lora_scale is None:
-      raise ValueError("merging LoRA needs lora_scale = alpha / rank")
-    scale = lora_scale
-    delta = np.tensordot(a, b, axes=(1, 0)) * scale
-    parts = f"{module}/{target}/kernel".split("/")
-    parts[2] = _PRE_LINEN.get(parts[2], parts[2])
-    out["/".join(parts)] = out["/".join(parts)] + delta.astype(np.float32)
   return out
 
 

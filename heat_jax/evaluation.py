@@ -7,9 +7,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
+from heat_jax import losses
 from heat_jax.data.base import Split
 from heat_jax.training import partition
 
@@ -24,8 +23,8 @@ def make_eval_step(model: nn.Module) -> EvalStep:
     logits = model.apply({"params": params}, batch["image"], train=False)
     mask = batch["mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return (correct * mask).sum(), mask.sum(), (losses * mask).sum()
+    loss = losses.masked_cross_entropy(logits, batch["label"], mask)
+    return (correct * mask).sum(), mask.sum(), loss * mask.sum()
 
   return jax.jit(step)
 
@@ -43,12 +42,3 @@ def evaluate(eval_step: EvalStep, trainable: Any, frozen: Any, split: Split,
                        f"{split.num_examples}")
   return {"top1": correct / max(count, 1.0), "loss": loss / max(count, 1.0),
           "num_examples": int(round(count))}
-
-
-def predict(model: nn.Module, params: Any, images: np.ndarray, batch_size: int = 64
-            ) -> np.ndarray:
-  """Logits for a stack of preprocessed images (utility for users and tests)."""
-  apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
-  outs = [np.asarray(apply(params, images[i:i + batch_size]))
-          for i in range(0, len(images), batch_size)]
-  return np.concatenate(outs) if outs else np.zeros((0, model.num_classes), np.float32)

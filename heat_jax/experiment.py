@@ -150,22 +150,37 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     log(f"[heat_jax] resumed from step {latest}")
   writer = MetricWriter(workdir, resume_step=int(state["step"]))
 
+  # Steps are dispatched asynchronously, so training time is measured as loop time
+  # minus the (synchronising) evaluations and checkpoint saves.
+  loop_start = time.time()
+  side_time = 0.0
+
+  def train_time() -> float:
+    return time.time() - loop_start - side_time
+
   def checkpoint_meta() -> dict:
     return {"fingerprint": fingerprint, "history": history,
             "elapsed_s": elapsed_before + time.time() - start_time,
-            "train_time_s": train_time_before + train_time}
+            "train_time_s": train_time_before + train_time()}
+
+  def save(step: int) -> None:
+    nonlocal side_time
+    tic = time.time()
+    ckpt.save(step, state, checkpoint_meta())
+    side_time += time.time() - tic
 
   def evaluate_epoch(epoch: int, step: int) -> None:
+    nonlocal side_time
+    tic = time.time()
     record: dict[str, Any] = {"epoch": epoch, "step": step}
     record["test_top1"] = trainer.evaluate(state, task.test, t.eval_batch_size)["top1"]
     if task.val is not None:
       record["val_top1"] = trainer.evaluate(state, task.val, t.eval_batch_size)["top1"]
     history.append(record)
     writer.write(step, {f"eval/{k}": v for k, v in record.items() if k != "step"})
+    side_time += time.time() - tic
 
   step = int(state["step"])
-  train_time = 0.0
-  images_seen = 0
   bar = tqdm(total=total_steps, initial=step, desc="train", disable=not t.progress,
              dynamic_ncols=True)
   last_log = time.time()
@@ -173,7 +188,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     epoch, skip = divmod(step, steps_per_epoch)
     for batch in epoch_batches(task.train, t.batch_size, seed=config.seed, epoch=epoch,
                                skip=skip):
-      tic = time.time()
       state, metrics = trainer.train_step(state, batch)
       step += 1
       if step % t.log_every_steps == 0 or step == total_steps:
@@ -183,20 +197,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         last_log = now
         writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.0f}")
-      train_time += time.time() - tic
-      images_seen += t.batch_size
       bar.update(1)
       epoch_done = step % steps_per_epoch == 0
       if epoch_done and ((step // steps_per_epoch) % t.eval_every_epochs == 0):
         evaluate_epoch(step // steps_per_epoch, step)
       if step % t.checkpoint_every_steps == 0 and step < total_steps:
-        ckpt.save(step, state, checkpoint_meta())
+        save(step)
       if step >= total_steps:
         break
   bar.close()
+  jax.block_until_ready(state)
   if not history or history[-1]["step"] != step:
     evaluate_epoch(step / steps_per_epoch, step)
-  ckpt.save(step, state, checkpoint_meta())
+  train_seconds = train_time()
+  save(step)
   ckpt.close()
   writer.close()
 
@@ -213,7 +227,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   results = summarize(config, task, history, method.info, base=base,
                       trainable=(n_train, n_train_body, n_total),
                       wall=elapsed_before + time.time() - start_time,
-                      train_time=train_time_before + train_time, images=images_seen,
+                      train_time=train_time_before + train_seconds, images=step * t.batch_size,
                       steps=step)
   write_json(os.path.join(workdir, "results.json"), results)
   log(f"[heat_jax] {task.name} / {config.method.name}: test top-1 "

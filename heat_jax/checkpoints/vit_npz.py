@@ -20,9 +20,11 @@ from heat_jax import resize
 from heat_jax.errors import CheckpointError
 
 _PREFIXES = ("opt/target/", "params/img/", "params/")
-_PRE_LINEN = {"LayerNorm_0": "LayerNorm_0", "MultiHeadDotProductAttention_1":
-              "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1",
-              "MlpBlock_3": "MlpBlock_0"}
+# Block children: pre-Linen on-disk name -> Linen in-memory name (and the inverse).
+PRE_LINEN_TO_LINEN = {"LayerNorm_0": "LayerNorm_0", "MultiHeadDotProductAttention_1":
+                      "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1",
+                      "MlpBlock_3": "MlpBlock_0"}
+LINEN_TO_PRE_LINEN = {v: k for k, v in PRE_LINEN_TO_LINEN.items()}
 POSEMB = "Transformer/posembed_input/pos_embedding"
 
 
@@ -67,7 +69,7 @@ def to_canonical(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
       continue
     match = re.match(r"(Transformer/encoderblock_\d+)/([^/]+)(/.*)$", key)
     if match and dialect == "vit_jax":
-      child = _PRE_LINEN.get(match.group(2), match.group(2))
+      child = PRE_LINEN_TO_LINEN.get(match.group(2), match.group(2))
       key = f"{match.group(1)}/{child}{match.group(3)}"
     out[key] = value
   # The slot depends on where the posemb is stored, not on the block names: a

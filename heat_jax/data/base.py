@@ -8,7 +8,7 @@ evaluation counts every example exactly once).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
@@ -96,8 +96,3 @@ class Task:
   test: Split
   val: Optional[Split] = None
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def subset(split: ArraySplit, indices: Sequence[int], name: str) -> ArraySplit:
-  idx = np.asarray(indices)
-  return ArraySplit(name, split.images[idx], split.labels[idx], split.normalize)

@@ -25,6 +25,14 @@ from heat_jax.training import partition
 TUNES = ("head_weights", "lora")
 
 
+def _per_layer(params: dict, selected: np.ndarray):
+  """(path prefix, attention subtree, bool [heads]) for every attention layer."""
+  for row, path in enumerate(attention_paths(params)):
+    node = get_subtree(params, path)
+    h = node["query"]["kernel"].shape[1]
+    yield "/".join(path), node, np.asarray(selected[row, :h], bool)
+
+
 def head_weight_mask(params: dict, selected: np.ndarray) -> partition.FlatMask:
   """Element masks selecting the q/k/v/out slices of the selected heads.
 
@@ -32,28 +40,20 @@ def head_weight_mask(params: dict, selected: np.ndarray) -> partition.FlatMask:
   column trains with it.
   """
   mask = {k: False for k in partition.flatten(params)}
-  for row, path in enumerate(attention_paths(params)):
-    prefix = "/".join(path)
-    h = get_subtree(params, path)["query"]["kernel"].shape[1]
-    sel = np.asarray(selected[row, :h], bool)
+  for prefix, node, sel in _per_layer(params, selected):
     for proj in ("query", "key", "value"):
       mask[f"{prefix}/{proj}/kernel"] = sel[None, :, None]
       mask[f"{prefix}/{proj}/bias"] = sel[:, None]
     mask[f"{prefix}/out/kernel"] = sel[:, None, None]
-    table = f"{prefix}/relative_position_bias_table"
-    if table in mask:
-      mask[table] = sel[None, :]
+    if "relative_position_bias_table" in node:
+      mask[f"{prefix}/relative_position_bias_table"] = sel[None, :]
   return mask
 
 
 def head_lora_mask(params: dict, selected: np.ndarray) -> partition.FlatMask:
   """Heart-LoRA masks: `b` columns of selected heads; `a` where any head is selected."""
   mask = {k: False for k in partition.flatten(params)}
-  for row, path in enumerate(attention_paths(params)):
-    prefix = "/".join(path)
-    node = get_subtree(params, path)
-    h = node["query"]["kernel"].shape[1]
-    sel = np.asarray(selected[row, :h], bool)
+  for prefix, node, sel in _per_layer(params, selected):
     for name in node:
       if name.startswith("lora_"):
         mask[f"{prefix}/{name}/a"] = bool(sel.any())
@@ -116,13 +116,9 @@ class Heat(Method):
     if not np.any(scores[layout.valid]):
       raise ConfigError("all head importance scores are 0 (no gradient reaches the "
                         "attention heads), so HEAT cannot rank the heads")
-    deactivate = None if h.deactivate < 0 else int(h.deactivate)
-    budget = h.budget
-    if isinstance(budget, float) and budget >= 1 and float(budget).is_integer():
-      budget = int(budget)
-    selected = importance.select_heads(scores, budget, scope=h.scope, select=h.select,
+    selected = importance.select_heads(scores, h.budget, scope=h.scope, select=h.select,
                                        seed=h.select_seed, valid=layout.valid,
-                                       deactivate=deactivate)
+                                       deactivate=h.deactivate)
     self.info.update(tis_seconds=round(time.time() - start, 3),
                      tis_classifier="random (zero-initialised head)" if replaced else "model",
                      heads_selected=int(selected.sum()), heads_total=layout.total_heads)

@@ -52,13 +52,9 @@ def multiply_by_mask(masks: Any) -> optax.GradientTransformation:
   Uses `where`, not a product, so a NaN/inf in a masked-out element cannot leak.
   """
 
-  def apply(u, m):
-    m = jnp.asarray(m)
-    return u if m.ndim == 0 else jnp.where(m > 0, u, jnp.zeros_like(u))
-
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(apply, updates, masks), state
+    return jax.tree.map(lambda u, m: _where(m, u, jnp.zeros_like(u)), updates, masks), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
@@ -82,10 +78,11 @@ def make_optimizer(optim: ml_collections.ConfigDict, trainable: Any, masks: Any,
 
 def apply_masked_updates(params: Any, updates: Any, masks: Any) -> Any:
   """params + updates where the mask is 1; untouched (bit-identical) elsewhere."""
-  def apply(p, u, m):
-    m = jnp.asarray(m)
-    if m.ndim == 0:
-      return (p + u).astype(p.dtype)
-    return jnp.where(m > 0, p + u, p).astype(p.dtype)
+  return jax.tree.map(lambda p, u, m: _where(m, p + u, p).astype(p.dtype),
+                      params, updates, masks)
 
-  return jax.tree.map(apply, params, updates, masks)
+
+def _where(mask: Any, on: jax.Array, off: jax.Array) -> jax.Array:
+  """`on` where the 0/1 mask is 1 (a scalar mask means the whole leaf is trainable)."""
+  mask = jnp.asarray(mask)
+  return on if mask.ndim == 0 else jnp.where(mask > 0, on, off)
