@@ -251,3 +251,13 @@ def test_data_parallel_mesh_matches_single_device(tmp_path):
     outs[n] = np.load(work / "adapter.npz", allow_pickle=False)
   for k in outs[1].files:
     np.testing.assert_allclose(outs[2][k], outs[1][k], rtol=1e-3, atol=1e-4)
+
+
+def test_heat_deactivate_fraction(tiny_config, tmp_path):
+  """The paper's form: a fraction of heads NOT adapted (overrides the budget)."""
+  c = tiny_config
+  c.method.name = "heat"
+  c.train.epochs = 1
+  c.heat.deactivate = 0.75          # ViT-micro has 2 x 2 heads: 3 deactivated, 1 kept
+  experiment.run(c, str(tmp_path), log=lambda *_: None)
+  assert np.load(tmp_path / "heads.npy", allow_pickle=False).sum() == 1
