@@ -38,14 +38,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  node = config
-  *parents, leaf = dotted.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-
-
 def pretrained_backbone(config: ml_collections.ConfigDict, log=print) -> str:
   """Path of the demo backbone, pretraining it (once, cached) if needed."""
   p = config.pretrain
@@ -142,8 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
         c.seed = seed
         c.heat.select_seed = seed   # heat_random: another random head set per seed
         c.data.synthetic_seed = s.data_seed
-        for k, v in VARIANTS[variant].items():
-          _set(c, k, v)
+        c.update_from_flattened_dict(VARIANTS[variant])
         run_dir = os.path.join(workdir, task, variant, f"seed{seed}")
         shutil.rmtree(run_dir, ignore_errors=True)   # a study always runs afresh
         tic = time.time()

@@ -10,7 +10,6 @@ set is complete):
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from heat_jax.io_utils import atomic_open, write_json, write_npy
+from heat_jax.importance.selection import top_order
 from heat_jax.models.registry import HeadLayout
 
 SCORES_FILE = "importance.npy"
@@ -31,7 +31,7 @@ _RESERVED = ("format", "version", "num_layers", "max_heads", "heads_per_layer",
 def global_ranks(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
   """1-based rank of every valid head by score (ties by layer, head); 0 elsewhere."""
   layers, heads = np.nonzero(valid)
-  order = np.lexsort((heads, layers, -np.asarray(scores, np.float64)[layers, heads]))
+  order = top_order(np.asarray(scores, np.float64)[layers, heads], layers, heads)
   ranks = np.zeros(scores.shape, np.int64)
   ranks[layers[order], heads[order]] = np.arange(1, len(order) + 1)
   return ranks
@@ -136,9 +136,7 @@ def plot_importance(path: str | os.PathLike, scores: np.ndarray,
                 + ("; grey: no head" if not valid.all() else ""), fontsize=8)
   fig.colorbar(image, ax=ax, label="importance")
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png")
   path = Path(path)
   with atomic_open(path, "wb") as f:
-    f.write(buf.getvalue())
+    fig.savefig(f, format="png")
   return path

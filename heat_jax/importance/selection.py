@@ -69,12 +69,17 @@ def heads_to_keep(n: int, budget: Optional[float] = None,
   return min(max(keep, 1), n)
 
 
+def top_order(scores: np.ndarray, layers: np.ndarray, heads: np.ndarray) -> np.ndarray:
+  """Indices into (layers, heads): score descending, ties by (layer, head) ascending."""
+  return np.lexsort((heads, layers, -scores))  # last key is primary
+
+
 def _ranked(scores: np.ndarray, layers: np.ndarray, heads: np.ndarray, select: str,
             rng: np.random.Generator) -> np.ndarray:
   """Indices into (layers, heads) in selection order."""
   if select == "random":
     return rng.permutation(len(layers))
-  top = np.lexsort((heads, layers, -scores))  # last key is primary
+  top = top_order(scores, layers, heads)
   return top if select == "top" else top[::-1]
 
 

@@ -18,6 +18,7 @@ at trace time only. `compute_tis` averages the per-batch absolute scores over ba
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -31,6 +32,7 @@ from heat_jax.errors import ConfigError, DataError
 from heat_jax.importance.sites import (PROJECTIONS, AttentionSite, check_sites,
                                        find_attention_sites, unwrap_params)
 from heat_jax.losses import masked_cross_entropy
+from heat_jax.models.attention_paths import get_subtree
 from heat_jax.models.registry import head_layout
 
 Array = jax.Array
@@ -104,10 +106,16 @@ def _num_real(batch: Batch) -> float:
 
 
 def _gate_dtype(params: Params, sites: Sequence[AttentionSite]) -> Any:
-  node = params
-  for name in sites[0].leaf("query", "kernel"):
-    node = node[name]
-  return jnp.promote_types(node.dtype, jnp.float32)
+  kernel = get_subtree(params, sites[0].leaf("query", "kernel"))
+  return jnp.promote_types(kernel.dtype, jnp.float32)
+
+
+def _gated_loss(model: Any, loss_fn: LossFn, params: Params, image: Array, label: Array,
+                mask: Array, gates: Optional[Array]) -> Array:
+  """Loss of the model with head gates (None = plain model)."""
+  logits = model.apply({"params": unwrap_params(params)}, image, head_gates=gates,
+                       train=False)
+  return loss_fn(logits, label, mask)
 
 
 def _per_head(site: AttentionSite, group: str, theta: dict, grad: dict) -> Array:
@@ -142,9 +150,7 @@ def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Ste
   valid = layout.valid
   loss_fn = loss_fn or masked_cross_entropy
 
-  def loss_of(params, image, label, mask, gates):
-    logits = model.apply({"params": params}, image, head_gates=gates, train=False)
-    return loss_fn(logits, label, mask)
+  loss_of = functools.partial(_gated_loss, model, loss_fn)
 
   @jax.jit
   def scores(params, image, label, mask):
@@ -165,10 +171,9 @@ def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Ste
         if group != "out" and site.has_bias:
           keys.append(site.leaf(group, "bias"))
     theta = {k: flat[k] for k in keys}
-    rest = {k: v for k, v in flat.items() if k not in theta}
 
     def loss_attn(attn):
-      merged = flax.traverse_util.unflatten_dict({**rest, **attn})
+      merged = flax.traverse_util.unflatten_dict({**flat, **attn})
       return loss_of(merged, image, label, mask, None)
 
     grad = jax.grad(loss_attn)(theta)
@@ -243,15 +248,6 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
   return normalize_scores(total / count, normalize, layout.valid)
 
 
-def _build_gated_loss(model: Any, loss_fn: LossFn) -> Callable[..., Array]:
-  @jax.jit
-  def loss(params, image, label, mask, gates):
-    logits = model.apply({"params": unwrap_params(params)}, image, head_gates=gates,
-                         train=False)
-    return loss_fn(logits, label, mask)
-  return loss
-
-
 def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
                     num_batches: Optional[int] = None, loss_fn: Optional[LossFn] = None,
                     heads: Optional[Sequence[tuple[int, int]]] = None,
@@ -279,7 +275,7 @@ def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
   check_sites(sites, layout)
   ones = np.ones(layout.shape, _gate_dtype(unwrap_params(params), sites))
 
-  loss = _cached(("ablation", model, loss_fn), lambda: _build_gated_loss(model, loss_fn))
+  loss = _cached(("ablation", model, loss_fn), lambda: jax.jit(functools.partial(_gated_loss, model, loss_fn)))
 
   batches, total_batches = _take(batches, num_batches)
   total = np.zeros(layout.shape, np.float64)

@@ -48,6 +48,10 @@ class AdapterSpec:
   use_bias: bool = True
   dropout: float = 0.0
 
+  def __post_init__(self):
+    if self.style not in ("parallel", "serial"):
+      raise ValueError(f"unknown adapter style {self.style!r}; use parallel or serial")
+
 
 class LoraDelta(nn.Module):
   """Low-rank update in the per-head layout: a [in, rank], b [rank, heads, head_dim].

@@ -161,8 +161,6 @@ class SwinBlock(nn.Module):
     if any(shift):
       y = jnp.roll(y, shift, axis=(1, 2))
     adapter = self.adapter
-    if adapter is not None and adapter.style not in ("parallel", "serial"):
-      raise ValueError(f"unknown adapter style {adapter.style!r}; use parallel or serial")
     if adapter is not None and adapter.style == "serial":
       y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter_attn")(
           y, deterministic)
@@ -287,10 +285,6 @@ class Swin(nn.Module):
   @property
   def heads_per_layer(self) -> tuple[int, ...]:
     return tuple(h for d, h in zip(self.depths, self.num_heads) for _ in range(d))
-
-  @property
-  def num_features(self) -> int:
-    return int(self.embed_dim * 2 ** (len(self.depths) - 1))
 
   @nn.compact
   def __call__(self, images: Array, head_gates: Optional[Array] = None,

@@ -78,11 +78,9 @@ class EncoderBlock(nn.Module):
     if adapter is not None and adapter.style == "serial":
       y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter_mlp")(
           y, deterministic)
-    elif adapter is not None and adapter.style == "parallel":
+    elif adapter is not None:
       y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter")(
           x, deterministic)
-    elif adapter is not None:
-      raise ValueError(f"unknown adapter style {adapter.style!r}; use parallel or serial")
     return x + drop_path(y, deterministic)
 
 
