@@ -55,6 +55,15 @@ def pad_batch(batch: Batch, batch_size: int) -> Batch:
   return out
 
 
+def make_batch(images: np.ndarray, labels: np.ndarray,
+               normalize: Callable[[np.ndarray], np.ndarray], batch_size: int,
+               pad: bool) -> Batch:
+  """The batch dict of uint8 images and labels; `pad` fills it to `batch_size` (mask 0)."""
+  batch = {"image": normalize(images), "label": labels,
+           "mask": np.ones((len(labels),), np.float32)}
+  return pad_batch(batch, batch_size) if pad else batch
+
+
 @dataclasses.dataclass
 class ArraySplit:
   """A split held in memory as uint8 images (already resized) and int labels.
@@ -81,9 +90,7 @@ class ArraySplit:
               pad: bool = False) -> Iterator[Batch]:
     for idx in batch_indices(self.num_examples, batch_size, shuffle=shuffle, seed=seed,
                              epoch=epoch, drop_remainder=drop_remainder):
-      batch = {"image": self.normalize(self.images[idx]), "label": self.labels[idx],
-               "mask": np.ones((len(idx),), np.float32)}
-      yield pad_batch(batch, batch_size) if pad else batch
+      yield make_batch(self.images[idx], self.labels[idx], self.normalize, batch_size, pad)
 
 
 @dataclasses.dataclass

@@ -28,11 +28,10 @@ from heat_jax.data import register_source
 from heat_jax.data.base import Task
 from heat_jax.data.preprocess import (check_resize_method, normalizer, resize_uint8,
                                       split_names)
-from heat_jax.data.stream import Loader, StreamSplit, load_in_memory
+from heat_jax.data.stream import Loader, make_splits
 from heat_jax.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MAX_IN_MEMORY = 10_000
 DTD_SPLITS = {"train": "train1", "validation": "val1", "test": "test1",
               "train800": "train1[:800]", "val200": "val1[:200]",
               "train800val200": "train1[:800]+val1[:200]"}
@@ -77,7 +76,7 @@ def _hash_order(paths: list[str], root: Path) -> list[int]:
 class FolderDataset:
   """Resolves split expressions to (path, label) lists under one root."""
 
-  def __init__(self, root: str):
+  def __init__(self, root: str, names: list[str]):
     self.root = Path(root).expanduser()
     if not self.root.is_dir():
       raise DataError(f"config.data.folder_root={root!r} is not a directory; point it at "
@@ -85,45 +84,39 @@ class FolderDataset:
                       "extracted dtd/ folder")
     dtd = self.root / "dtd" if (self.root / "dtd" / "labels").is_dir() else self.root
     self.dtd_root = dtd if (dtd / "images").is_dir() and (dtd / "labels").is_dir() else None
-    self._classes: Optional[list[str]] = None
+    # sorted class names over the class-folder splits `names` (or DTD's images/)
+    found = {d.name for name in names if (self.root / name).is_dir()
+             for d in (self.root / name).iterdir() if d.is_dir()}
+    if not found and self.dtd_root is not None:
+      found = {d.name for d in (self.dtd_root / "images").iterdir() if d.is_dir()}
+    self.classes = sorted(found)
+    self.class_index = {c: i for i, c in enumerate(self.classes)}
 
-  def classes(self, names: list[str]) -> list[str]:
-    """Sorted class names over the class-folder splits (or DTD's images/), computed once."""
-    if self._classes is None:
-      found: set[str] = set()
-      for name in names:
-        if (self.root / name).is_dir():
-          found.update(d.name for d in (self.root / name).iterdir() if d.is_dir())
-      if not found and self.dtd_root is not None:
-        found.update(d.name for d in (self.dtd_root / "images").iterdir() if d.is_dir())
-      self._classes = sorted(found)
-    return self._classes
-
-  def split(self, expr: str, all_names: list[str]) -> Entries:
+  def split(self, expr: str) -> Entries:
     """Entries of a split expression such as `train[:800]+val[:200]`."""
     entries: Entries = []
     for name, start, stop in parse_split(expr):
-      items = self._named(name, all_names)
+      items = self._named(name)
       lo, hi = _bound(start, len(items), expr), _bound(stop, len(items), expr)
       entries.extend(items[lo:hi])
     return entries
 
-  def _named(self, name: str, all_names: list[str]) -> Entries:
+  def _named(self, name: str) -> Entries:
     if (self.root / name).is_dir():
-      return self._class_folders(self.root / name, all_names)
+      return self._class_folders(self.root / name)
     if (self.root / f"{name}.txt").is_file():
       return self._list_file(self.root / f"{name}.txt", self.root)
     if self.dtd_root is not None and (name in DTD_SPLITS or
                                       (self.dtd_root / "labels" / f"{name}.txt").is_file()):
       if name in DTD_SPLITS and DTD_SPLITS[name] != name:
-        return self.split(DTD_SPLITS[name], all_names)
-      return self._dtd_list(name, all_names)
+        return self.split(DTD_SPLITS[name])
+      return self._dtd_list(name)
     raise DataError(f"split {name!r} not found under {self.root}: expected a folder "
                     f"{self.root / name}/<class>/*.jpg or a list file {self.root / name}.txt; "
                     "set config.data.train_split / val_split / test_split to existing names")
 
-  def _class_folders(self, split_dir: Path, all_names: list[str]) -> Entries:
-    index = {c: i for i, c in enumerate(self.classes(all_names))}
+  def _class_folders(self, split_dir: Path) -> Entries:
+    index = self.class_index
     entries: Entries = []
     for d in sorted(p for p in split_dir.iterdir() if p.is_dir()):
       files = sorted(str(f) for f in d.iterdir() if _is_image(f))
@@ -149,8 +142,8 @@ class FolderDataset:
       raise DataError(f"list file {path} is empty; it needs lines '<relative path> <label>'")
     return entries
 
-  def _dtd_list(self, name: str, all_names: list[str]) -> Entries:
-    index = {c: i for i, c in enumerate(self.classes(all_names))}
+  def _dtd_list(self, name: str) -> Entries:
+    index = self.class_index
     images = self.dtd_root / "images"
     entries: Entries = []
     for line in (self.dtd_root / "labels" / f"{name}.txt").read_text().split():
@@ -186,10 +179,10 @@ def build_folder_task(data_config: Any, *, image_size: int, value_range: str) ->
                       "configs/vtab.py:dtd,source=folder,root=/data/dtd)")
   method = check_resize_method(data_config.get("resize_method", "bicubic"))
   splits = split_names(data_config, f"a folder name under {data_config.folder_root}")
-  dataset = FolderDataset(data_config.folder_root)
   names = [name for expr in splits.values() if expr for name, _, _ in parse_split(expr)]
-  entries = {role: dataset.split(expr, names) for role, expr in splits.items() if expr}
-  classes = dataset.classes(names)
+  dataset = FolderDataset(data_config.folder_root, names)
+  entries = {role: dataset.split(expr) for role, expr in splits.items() if expr}
+  classes = dataset.classes
   num_classes = int(data_config.num_classes) or len(classes)
   if not num_classes:
     num_classes = 1 + max(label for items in entries.values() for _, label in items)
@@ -199,14 +192,11 @@ def build_folder_task(data_config: Any, *, image_size: int, value_range: str) ->
                     "config.data.num_classes=0 to use the folders")
   normalize = normalizer(value_range)
   task_name = data_config.task or dataset.root.name
-  made = {}
-  for role, items in entries.items():
-    load = make_loader(items, image_size=image_size, resize_method=method)
-    name = f"{task_name}:{splits[role]}"
-    if role != "test" and len(items) <= MAX_IN_MEMORY:
-      made[role] = load_in_memory(name, len(items), load, normalize, num_classes=num_classes)
-    else:
-      made[role] = StreamSplit(name, len(items), load, normalize, num_classes=num_classes)
+  made = make_splits(
+      task_name, {r: splits[r] for r in entries}, {r: len(e) for r, e in entries.items()},
+      {r: make_loader(e, image_size=image_size, resize_method=method)
+       for r, e in entries.items()},
+      normalize, num_classes=num_classes)
   return Task(
       name=task_name, num_classes=num_classes, train=made["train"], test=made["test"],
       val=made.get("val"),

@@ -16,7 +16,7 @@ import importlib.util
 import sys
 from typing import Optional, Sequence
 
-from heat_jax.data.tfds_source import raise_open_file_limit, resolve_data_dir
+from heat_jax.data.tfds_source import _first_line, raise_open_file_limit, resolve_data_dir
 from heat_jax.data.vtab_tasks import ALIASES, MANUAL_INSTRUCTIONS, TASK_NAMES, TASKS
 from heat_jax.errors import UserError
 
@@ -46,9 +46,8 @@ def prepare_one(label: str, tfds_name: str, data_dir: str, manual_dir: str) -> N
   if builder.is_prepared():
     print(f"{label}: {tfds_name} already prepared in {builder.data_dir}")
     return
-  task = ALIASES.get(label, label)
-  if task in MANUAL_INSTRUCTIONS and not manual_dir:
-    print(f"{label}: needs a manual download: {MANUAL_INSTRUCTIONS[task]} "
+  if label in MANUAL_INSTRUCTIONS and not manual_dir:   # label: already alias-resolved
+    print(f"{label}: needs a manual download: {MANUAL_INSTRUCTIONS[label]} "
           f"(default manual_dir: {data_dir}/downloads/manual, or pass --manual_dir)")
   config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
   print(f"{label}: preparing {tfds_name} in {data_dir} (array_record)")
@@ -90,9 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"error: {label}: {e.one_line()}", file=sys.stderr)
       failed.append(label)
     except Exception as e:  # pylint: disable=broad-except
-      first = (str(e).strip().splitlines() or [""])[0]
-      print(f"error: {label}: preparing {tfds_name} failed: {type(e).__name__}: {first}",
-            file=sys.stderr)
+      print(f"error: {label}: preparing {tfds_name} failed: {_first_line(e)}", file=sys.stderr)
       failed.append(label)
   if failed:
     print(f"error: not prepared: {', '.join(failed)}", file=sys.stderr)

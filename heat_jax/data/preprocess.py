@@ -66,10 +66,7 @@ def resize_uint8(image: np.ndarray, size: tuple[int, int], method: str = "bicubi
   image = to_rgb_uint8(image)
   if image.shape[:2] == tuple(size):
     return image
-  if method not in RESIZE_METHODS:
-    raise ConfigError(f"config.data.resize_method={method!r} is not one of "
-                      f"{sorted(RESIZE_METHODS)}")
-  pil = Image.fromarray(image).resize((size[1], size[0]), RESIZE_METHODS[method])
+  pil = Image.fromarray(image).resize((size[1], size[0]), RESIZE_METHODS[check_resize_method(method)])
   return np.asarray(pil, np.uint8)
 
 

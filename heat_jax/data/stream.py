@@ -13,11 +13,12 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from heat_jax.data.base import ArraySplit, Batch, batch_indices, pad_batch
+from heat_jax.data.base import ArraySplit, Batch, batch_indices, make_batch
 from heat_jax.errors import DataError
 
 Loader = Callable[[int], tuple[np.ndarray, int]]
 Normalizer = Callable[[np.ndarray], np.ndarray]
+MAX_IN_MEMORY = 10_000   # larger train/val splits are streamed instead of cached
 
 
 def default_workers() -> int:
@@ -39,6 +40,10 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str,
 def _load_many(load: Loader, indices: np.ndarray,
                pool: Optional[concurrent.futures.Executor]) -> tuple[np.ndarray, np.ndarray]:
   items = list(pool.map(load, indices.tolist())) if pool else [load(int(i)) for i in indices]
+  return _stack(items)
+
+
+def _stack(items: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
   images = np.stack([im for im, _ in items]) if items else np.zeros((0, 0, 0, 3), np.uint8)
   return images, np.asarray([lab for _, lab in items], np.int32)
 
@@ -82,17 +87,12 @@ class StreamSplit:
       pool.shutdown(wait=True, cancel_futures=True)
 
   def _finish(self, idx: np.ndarray, futures: list, batch_size: int, pad: bool) -> Batch:
-    items = [f.result() for f in futures]
-    images = np.stack([im for im, _ in items])
-    labels = np.asarray([lab for _, lab in items], np.int32)
-    return self._batch(idx, images, labels, batch_size, pad)
+    return self._batch(idx, *_stack([f.result() for f in futures]), batch_size, pad)
 
   def _batch(self, idx: np.ndarray, images: np.ndarray, labels: np.ndarray,
              batch_size: int, pad: bool) -> Batch:
     check_labels(labels, self.num_classes, self.name, idx)
-    batch = {"image": self.normalize(images), "label": labels,
-             "mask": np.ones((len(idx),), np.float32)}
-    return pad_batch(batch, batch_size) if pad else batch
+    return make_batch(images, labels, self.normalize, batch_size, pad)
 
 
 def load_in_memory(name: str, num_examples: int, load: Loader, normalize: Normalizer, *,
@@ -107,3 +107,22 @@ def load_in_memory(name: str, num_examples: int, load: Loader, normalize: Normal
       images, labels = _load_many(load, indices, pool)
   check_labels(labels, num_classes, name)
   return ArraySplit(name, images, labels, normalize)
+
+
+def make_splits(task_name: str, splits: dict[str, str], sizes: dict[str, int],
+                loaders: dict[str, Loader], normalize: Normalizer, *,
+                num_classes: int) -> dict:
+  """One split per role: train/val in memory up to MAX_IN_MEMORY examples, test streamed;
+  a role whose split string repeats an earlier one's (tune: val == test) shares its split."""
+  made: dict = {}
+  for role, expr in splits.items():
+    same = next((r for r in made if splits[r] == expr), None)
+    if same is not None:
+      made[role] = made[same]
+      continue
+    name, n = f"{task_name}:{expr}", sizes[role]
+    if role != "test" and n <= MAX_IN_MEMORY:
+      made[role] = load_in_memory(name, n, loaders[role], normalize, num_classes=num_classes)
+    else:
+      made[role] = StreamSplit(name, n, loaders[role], normalize, num_classes=num_classes)
+  return made

@@ -378,15 +378,6 @@ def digits_order(seed: int) -> np.ndarray:
   return np.argsort(key, kind="stable")
 
 
-def digits(rng: np.random.Generator, n: int, image_size: int):
-  """n of the real sklearn digits drawn without replacement (at most 1797)."""
-  images, labels = _digits_data()
-  if n > len(labels):
-    raise ConfigError(f"the digits task has {len(labels)} images; cannot draw {n}")
-  idx = rng.permutation(len(labels))[:n]
-  return _resize_all(images[idx], image_size, "bicubic"), labels[idx]
-
-
 # ------------------------------------------------------------------------------
 # Pre-training generators and the mixture.
 # ------------------------------------------------------------------------------
@@ -484,7 +475,7 @@ GENERATORS: dict[str, tuple[Generator, int, int]] = {
     "sprite_orientation": (sprite_orientation, 8, 32),
     "count": (count, COUNT_RANGE[1] - COUNT_RANGE[0] + 1, 48),
     "texture": (texture, len(TEXTURE_PATTERNS) * len(TEXTURE_FREQUENCIES), 32),
-    "digits": (digits, 10, 8),
+    "digits": (None, 10, 8),   # not generated: see _digits_split
     **{name: (gen, k, 32) for name, gen, k in PRETRAIN_COMPONENTS},
     "pretraining": (pretraining_mixture, PRETRAIN_NUM_CLASSES, 32),
 }
@@ -524,7 +515,8 @@ def _resize_all(images: np.ndarray, image_size: int, method: str) -> np.ndarray:
 
 def generate_split(name: str, split: str, n: int, *, seed: int,
                    image_size: Optional[int] = None,
-                   resize_method: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
+                   resize_method: str = "bicubic",
+                   sizes: Optional[dict[str, int]] = None) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 images, int32 labels) of one split ('train800', 'val200', 'test') of a task.
 
   Each split is its own rng stream; for `digits` the splits are slices of one seeded
@@ -535,7 +527,7 @@ def generate_split(name: str, split: str, n: int, *, seed: int,
     raise ValueError(f"unknown split {split!r}; use one of {list(STREAMS)}")
   if name == "digits":
     return _digits_split(split, n, seed=seed, image_size=image_size or native,
-                         resize_method=resize_method)
+                         resize_method=resize_method, sizes=sizes)
   return _generated(name, split, n, seed, image_size or native, resize_method)
 
 
@@ -597,12 +589,8 @@ def make_task(name: str, *, seed: int, image_size: int, value_range: str,
   for split, n in sizes.items():
     if n == 0:
       continue
-    if name == "digits":
-      images, labels = _digits_split(split, n, seed=seed, image_size=image_size,
-                                     resize_method=resize_method, sizes=sizes)
-    else:
-      images, labels = generate_split(name, split, n, seed=seed, image_size=image_size,
-                                      resize_method=resize_method)
+    images, labels = generate_split(name, split, n, seed=seed, image_size=image_size,
+                                    resize_method=resize_method, sizes=sizes)
     splits[split] = ArraySplit(split, images, labels, norm)
   train = splits["train800"]
   if train_split == "train800val200" and num_val:

@@ -19,11 +19,10 @@ from heat_jax.data.base import Task
 from heat_jax.data.labels import LabelFn, get_label_fn
 from heat_jax.data.preprocess import (check_resize_method, normalizer, resize_uint8,
                                       split_names)
-from heat_jax.data.stream import Loader, StreamSplit, load_in_memory
+from heat_jax.data.stream import Loader, make_splits
 from heat_jax.data.vtab_tasks import ALIASES, MANUAL_INSTRUCTIONS, TASKS, VtabTask
 from heat_jax.errors import ConfigError, DataError
 
-MAX_IN_MEMORY = 10_000   # larger train/val splits are streamed instead of cached
 _RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
 
 
@@ -161,32 +160,30 @@ def build_tfds_task(data_config: Any, *, image_size: int, value_range: str) -> T
     raise ConfigError("config.data.tfds_name is empty; set it (e.g. 'dtd:3.*.*') or use "
                       "configs/vtab.py:<task>")
   method = check_resize_method(data_config.get("resize_method", "bicubic"))
-  splits = split_names(data_config, "a TFDS split string such as 'train[:800]'")
+  splits = {r: s for r, s in split_names(data_config, "a TFDS split string such as "
+                                          "'train[:800]'").items() if s}
   label_fn = get_label_fn(data_config.label_fn)
   data_dir, where = resolve_data_dir(data_config.data_dir)
   raise_open_file_limit()
   task_label = task_name or tfds_name.split(":")[0]
   sources = {role: open_split(tfds_name, split, task=task_label, data_dir=data_dir, where=where)
-             for role, split in splits.items() if split}
+             for role, split in splits.items()}
   info = getattr(sources["train"], "dataset_info", None)
-  if vt is not None and tfds_name == vt.tfds_name:
-    check_carve(vt, {k: v for k, v in splits.items() if v}, info)
+  default_data = vt is not None and tfds_name == vt.tfds_name   # the VTAB table's dataset
+  if default_data:
+    check_carve(vt, splits, info)
   num_classes = _num_classes(data_config, info)
   normalize = normalizer(value_range)
-  binary = bool(vt and vt.binary_image and tfds_name == vt.tfds_name)
-  made = {}
+  binary = default_data and vt.binary_image
   for role, source in sources.items():
-    n = len(source)
-    if n == 0:
+    if len(source) == 0:
       raise DataError(f"split {splits[role]!r} of {tfds_name} in {data_dir} is empty; check "
                       f"config.data.{role}_split")
-    load = make_loader(source, label_fn, image_size=image_size, resize_method=method,
-                       binary_image=binary)
-    name = f"{task_label}:{splits[role]}"
-    if role != "test" and n <= MAX_IN_MEMORY:
-      made[role] = load_in_memory(name, n, load, normalize, num_classes=num_classes)
-    else:
-      made[role] = StreamSplit(name, n, load, normalize, num_classes=num_classes)
+  made = make_splits(
+      task_label, splits, {r: len(s) for r, s in sources.items()},
+      {r: make_loader(s, label_fn, image_size=image_size, resize_method=method,
+                      binary_image=binary) for r, s in sources.items()},
+      normalize, num_classes=num_classes)
   logging.info("tfds task %s: %s", task_label,
                {r: (splits[r], s.num_examples) for r, s in made.items()})
   return Task(
@@ -194,7 +191,7 @@ def build_tfds_task(data_config: Any, *, image_size: int, value_range: str) -> T
       val=made.get("val"),
       info={"source": "tfds", "tfds_name": tfds_name, "data_dir": data_dir,
             "tfds_version": str(getattr(info, "version", "")),
-            "splits": {r: splits[r] for r in made},
+            "splits": splits,
             "num_examples": {r: s.num_examples for r, s in made.items()},
             "label_fn": data_config.label_fn, "group": vt.group if vt else "",
             "value_range": value_range, "resize_method": method})

@@ -50,7 +50,6 @@ class VtabTask:
   test: str
   num_classes: int
   label_fn: str = "label"
-  manual_download: bool = False
   binary_image: bool = False     # dsprites: pixels are {0, 1}
   carve: Optional[Carve] = None
   train800: str = "train[:800]"
@@ -60,9 +59,8 @@ class VtabTask:
     return f"{self.train800}+{self.val200}"
 
   @property
-  def builder_name(self) -> str:
-    """TFDS name without the version pattern, e.g. `sun397/tfds`."""
-    return self.tfds_name.split(":")[0]
+  def manual_download(self) -> bool:
+    return self.name in MANUAL_INSTRUCTIONS
 
   def splits(self, tune: bool = False) -> dict[str, str]:
     """Train / val / test split strings: final protocol, or tuning (train800 -> val200)."""
@@ -89,9 +87,9 @@ TASKS: dict[str, VtabTask] = {t.name: t for t in (
     _t("eurosat", _SPE, "eurosat/rgb:2.*.*", "train[16200:16400]", "train[21600:]", 10,
        carve=Carve("train", 60, 80)),
     _t("resisc45", _SPE, "resisc45:3.*.*", "train[18900:19100]", "train[25200:]", 45,
-       manual_download=True, carve=Carve("train", 60, 80)),
+       carve=Carve("train", 60, 80)),
     _t("diabetic_retinopathy", _SPE, "diabetic_retinopathy_detection/btgraham-300:3.*.*",
-       "validation[:200]", "test", 5, manual_download=True),
+       "validation[:200]", "test", 5),
     _t("clevr_count", _STR, "clevr:3.*.*", "train[63000:63200]", "validation", 8,
        label_fn="clevr_count", carve=Carve("train", 90)),
     _t("clevr_dist", _STR, "clevr:3.*.*", "train[63000:63200]", "validation", 6,
