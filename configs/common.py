@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 
 from heat_jax.errors import ConfigError
+from heat_jax.methods import method_config_blocks
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,38 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_test = 1000
 
   c.method = ml_collections.ConfigDict()
-  c.method.name = "heat"                # heat | linear | full | bitfit | lora | adapter | vpt
+  c.method.name = "heat"                # any of heat_jax.methods.available_methods()
 
-  c.importance = ml_collections.ConfigDict()
-  c.importance.strategy = "head"        # qkv | out | head | gate
-  c.importance.num_batches = 0          # 0 = every training batch of one epoch
-  c.importance.normalize = "none"       # none | layer
-  c.importance.batch_size = 32
-
-  c.heat = ml_collections.ConfigDict()
-  c.heat.scope = "global"               # global | layer
-  c.heat.budget = 0.5                   # count (>= 1) or fraction (0 < b < 1) of heads kept
-  c.heat.deactivate = -1.0              # paper form: heads NOT adapted, count or fraction (-1 = off)
-  c.heat.select = "top"                 # top | bottom | random
-  c.heat.tune = "head_weights"          # head_weights | lora
-  c.heat.select_seed = 0
-
-  c.lora = ml_collections.ConfigDict()
-  c.lora.rank = 8
-  c.lora.alpha = 8.0
-  c.lora.dropout = 0.0
-  c.lora.targets = "query,value"
-
-  c.adapter = ml_collections.ConfigDict()
-  c.adapter.dim = 8
-  c.adapter.style = "parallel"          # parallel (AdaptFormer) | serial (Houlsby)
-  c.adapter.scale = 1.0
-  c.adapter.use_bias = True
-  c.adapter.dropout = 0.0
-
-  c.vpt = ml_collections.ConfigDict()
-  c.vpt.num_tokens = 10
-  c.vpt.mode = "shallow"                # shallow | deep
+  # Each method owns its options (`default_config()` in its file under heat_jax/methods).
+  for block, defaults in method_config_blocks().items():
+    c[block] = defaults
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3

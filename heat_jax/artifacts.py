@@ -3,10 +3,13 @@
 * `adapter.npz` + `adapter.json`: only what was trained. Whole trainable leaves are
   stored as they are; element-masked leaves (HEAT's head slices) store just the
   selected elements, in row-major order, with the small mask in the JSON. The number
-  of stored scalars equals the reported trainable-parameter count. `load_adapter`
-  rebuilds the fine-tuned model on top of the named base checkpoint.
+  of stored scalars equals the reported trainable-parameter count. Model state (e.g.
+  batch statistics) is stored beside them under `model_state/<collection>/...` and
+  counted separately (`num_state_scalars`). `load_adapter` rebuilds the fine-tuned
+  model and its variables on top of the named base checkpoint.
 * `merged.npz`: a full checkpoint in the vit_jax on-disk layout (pre-Linen block
-  names, LoRA folded into the kernels) that timm or big_vision can load.
+  names, mergeable extensions folded into the plain weights by their own `merge`)
+  that timm or big_vision can load.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from heat_jax.io_utils import load_npz, write_json, write_npz
 from heat_jax.training import partition
 
 ADAPTER_FORMAT = "heat_jax.adapter.v1"
+STATE_PREFIX = "model_state/"
 
 
 def export_adapter(workdir: str, params: dict, mask: partition.FlatMask, *,
-                   model_spec: dict, base: dict, extra: Optional[dict] = None) -> int:
-  """Writes adapter.npz / adapter.json; returns the number of stored scalars."""
+                   model_spec: dict, base: dict, model_state: Optional[dict] = None,
+                   extra: Optional[dict] = None) -> int:
+  """Writes adapter.npz / adapter.json; returns the number of stored trainable scalars."""
   arrays, entries, total = {}, {}, 0
   for key, value in partition.flatten(params).items():
     m = np.asarray(mask[key], bool)
@@ -44,10 +49,18 @@ def export_adapter(workdir: str, params: dict, mask: partition.FlatMask, *,
       arrays[key] = value
       entries[key] = {"shape": list(value.shape)}
     total += int(arrays[key].size)
+  state_entries, state_total = {}, 0
+  for key, value in partition.flatten(model_state or {}).items():
+    value = np.asarray(value)
+    arrays[STATE_PREFIX + key] = value
+    state_entries[key] = {"shape": list(value.shape)}
+    state_total += int(value.size)
   write_npz(os.path.join(workdir, "adapter.npz"), arrays)
   write_json(os.path.join(workdir, "adapter.json"),
              {"format": ADAPTER_FORMAT, "model": model_spec, "base": base,
-              "num_scalars": total, "entries": entries, **(extra or {})})
+              "num_scalars": total, "entries": entries,
+              "num_state_scalars": state_total, "model_state": state_entries,
+              **(extra or {})})
   return total
 
 
@@ -55,6 +68,22 @@ def apply_adapter(base_params: dict, adapter_dir: str) -> dict:
   """Returns `base_params` with the stored trained values written in."""
   meta = read_adapter_json(adapter_dir)
   arrays = load_npz(os.path.join(adapter_dir, "adapter.npz"))
+  return _apply_entries(base_params, meta, arrays)
+
+
+def adapter_model_state(adapter_dir: str, like: dict) -> dict:
+  """The stored model state (e.g. batch statistics), checked against `like`."""
+  meta = read_adapter_json(adapter_dir)
+  arrays = load_npz(os.path.join(adapter_dir, "adapter.npz"))
+  stored = {k: arrays[STATE_PREFIX + k] for k in meta.get("model_state", {})}
+  expected = {k: np.shape(v) for k, v in partition.flatten(like).items()}
+  if set(stored) != set(expected) or any(np.shape(stored[k]) != expected[k] for k in stored):
+    raise CheckpointError(f"{adapter_dir}: the stored model state does not match the "
+                          "model's (build the model with the adapter's model spec)")
+  return partition.unflatten(stored) if stored else {}
+
+
+def _apply_entries(base_params: dict, meta: dict, arrays: dict) -> dict:
   flat = {k: np.array(v) for k, v in partition.flatten(base_params).items()}
   for key, entry in meta["entries"].items():
     if key not in flat:
@@ -85,7 +114,11 @@ def read_adapter_json(adapter_dir: str) -> dict:
 
 def load_adapter(adapter_dir: str, *, base_checkpoint: Optional[str] = None
                  ) -> tuple[Any, dict]:
-  """Rebuilds (model, params) of a fine-tuned run from its adapter and base checkpoint."""
+  """Rebuilds (model, variables) of a fine-tuned run from its adapter and base checkpoint.
+
+  `model.apply(variables, images)` gives the fine-tuned model's logits; `variables`
+  is {'params': ..., plus any model state such as 'batch_stats'}.
+  """
   from heat_jax import checkpoints, model_spec as spec_lib
   meta = read_adapter_json(adapter_dir)
   model = spec_lib.model_from_spec(meta["model"])
@@ -97,33 +130,33 @@ def load_adapter(adapter_dir: str, *, base_checkpoint: Optional[str] = None
                                                                         "zoom"))
   else:
     params = checkpoints.init_params(model, rng=rng)
-  return model, apply_adapter(params, adapter_dir)
+  state = adapter_model_state(adapter_dir, checkpoints.init_model_state(model, rng=rng))
+  return model, {"params": apply_adapter(params, adapter_dir), **state}
 
 
-def merged_vit_arrays(params: dict, *, lora_scale: Optional[float] = None
-                      ) -> dict[str, np.ndarray]:
-  """vit_jax on-disk arrays from a ViT parameter tree, LoRA folded into the kernels."""
-  flat = {k: np.asarray(v, np.float32) for k, v in partition.flatten(params).items()}
-  if any(p.startswith(("adapter", "vpt_")) for k in flat for p in k.split("/")):
-    raise ConfigError("export_merged works for heat, linear, full, bitfit and lora; "
-                      "adapters and prompts cannot be folded into a plain ViT")
-  for key in [k for k in flat if "/lora_" in k and k.endswith("/a")]:
-    if lora_scale is None:
-      raise ValueError("merging LoRA needs lora_scale = alpha / rank")
-    module, name = key[:-len("/a")].rsplit("/", 1)       # .../lora_query
-    delta = np.tensordot(flat[key], flat[key[:-1] + "b"], axes=(1, 0)) * lora_scale
-    flat[f"{module}/{name[len('lora_'):]}/kernel"] += delta.astype(np.float32)
+def merge_extensions(model: Any, params: dict) -> tuple[Any, dict]:
+  """(plain model, plain params): every extension folded in by its own `merge`."""
+  for ext in reversed(getattr(model, "extensions", ())):
+    if not ext.mergeable:
+      raise ConfigError(f"extension {ext.kind!r} cannot be folded into a plain "
+                        "checkpoint; export the adapter instead (export_merged=False)")
+    params = ext.merge(params)
+  return model.clone(extensions=()), params
+
+
+def merged_vit_arrays(params: dict) -> dict[str, np.ndarray]:
+  """vit_jax on-disk arrays (pre-Linen block names) of a plain ViT parameter tree."""
   out = {}
-  for key, value in flat.items():
-    if "/lora_" in key:
-      continue
+  for key, value in partition.flatten(params).items():
     parts = key.split("/")
     if len(parts) > 2 and parts[1].startswith("encoderblock_"):
       parts[2] = LINEN_TO_PRE_LINEN.get(parts[2], parts[2])
-    out["/".join(parts)] = value
+    # A writable float32 copy: host copies of device arrays are read-only.
+    out["/".join(parts)] = np.array(value, np.float32)
   return out
 
 
-def export_merged(path: str, params: dict, *, lora_scale: Optional[float] = None) -> None:
-  """Writes `merged.npz` (vit_jax layout) atomically."""
-  write_npz(path, merged_vit_arrays(params, lora_scale=lora_scale))
+def export_merged(path: str, model: Any, params: dict) -> None:
+  """Writes `merged.npz` (vit_jax layout) of the model with its extensions merged."""
+  _, plain = merge_extensions(model, params)
+  write_npz(path, merged_vit_arrays(plain))

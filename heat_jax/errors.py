@@ -28,3 +28,7 @@ class DownloadError(UserError):
 
 class DataError(UserError):
   """A dataset is missing, unreadable or inconsistent."""
+
+
+class TrainingError(UserError):
+  """Training cannot go on (e.g. the loss became NaN); the message says what to change."""

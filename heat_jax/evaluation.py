@@ -1,26 +1,29 @@
-"""Evaluation that counts every example exactly once (padded, masked last batch)."""
+"""Evaluation that counts every example exactly once (padded, masked last batch).
+
+The caller (the trainer) hands in a pure `predict_fn(args, images) -> logits`, where
+`args` is whatever pytree the predictions need (parameters, model state); this module
+knows nothing about training.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from heat_jax import losses
 from heat_jax.data.base import Split
-from heat_jax.training import partition
 
-EvalStep = Callable[[Any, Any, dict], tuple[jax.Array, jax.Array, jax.Array]]
+PredictFn = Callable[[Any, jax.Array], jax.Array]
+EvalStep = Callable[[Any, dict], tuple[jax.Array, jax.Array, jax.Array]]
 
 
-def make_eval_step(model: nn.Module) -> EvalStep:
-  """jitted (trainable, frozen, batch) -> (correct, count, loss_sum) over mask rows."""
+def make_eval_step(predict_fn: PredictFn) -> EvalStep:
+  """jitted (args, batch) -> (correct, count, loss_sum) over the mask == 1 rows."""
 
-  def step(trainable, frozen, batch):
-    params = partition.merge(trainable, frozen)
-    logits = model.apply({"params": params}, batch["image"], train=False)
+  def step(args, batch):
+    logits = predict_fn(args, batch["image"])
     mask = batch["mask"].astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     loss = losses.masked_cross_entropy(logits, batch["label"], mask)
@@ -29,13 +32,12 @@ def make_eval_step(model: nn.Module) -> EvalStep:
   return jax.jit(step)
 
 
-def evaluate(eval_step: EvalStep, trainable: Any, frozen: Any, split: Split,
-             batch_size: int, put_batch: Callable[[dict], dict] = lambda b: b
-             ) -> dict[str, float]:
+def evaluate(eval_step: EvalStep, args: Any, split: Split, batch_size: int,
+             put_batch: Callable[[dict], dict] = lambda b: b) -> dict[str, float]:
   """Top-1 accuracy and mean loss over every example of `split`."""
   correct = count = loss = 0.0
   for batch in split.batches(batch_size, shuffle=False, pad=True):
-    c, n, l = eval_step(trainable, frozen, put_batch(batch))
+    c, n, l = eval_step(args, put_batch(batch))
     correct, count, loss = correct + float(c), count + float(n), loss + float(l)
   if int(round(count)) != split.num_examples:
     raise RuntimeError(f"evaluated {count} examples of {split.name}, expected "

@@ -1,35 +1,73 @@
 """One run: data + model + method -> train -> evaluate -> results and artifacts.
 
-`run(config, workdir)` is what `run.py` and the sweep call. Everything it writes
-lands in `workdir` atomically; a restart of the same command resumes from the latest
-checkpoint (unless `config.train.resume=False`).
+`run(config, workdir)` is what `run.py` and the sweep call. It goes through named
+phases, each a function of its own:
+
+  validate   cheap checks of the config; nothing is read or written
+  finished?  results.json of this very config exists: report it and stop
+  prepare    data, model, weights, the resume point, the trainable mask, the trainer
+  train      the loop, from the resume point to the last step
+  finalize   final evaluation and checkpoint, adapter / merged exports, results.json
+
+Resume precedence (the run's own checkpoint is the only state ever reused):
+  * FINISHED: results.json with this config's fingerprint -> returned as is;
+  * AFTER_LAST_STEP: a checkpoint at the last step (killed before results.json) ->
+    only `finalize` runs;
+  * RESUME: a checkpoint before the last step -> training continues from it, with the
+    method's saved state (e.g. the HEAT selection) taken from the checkpoint;
+  * FRESH: nothing usable (or `train.resume=False`, which clears the old run first).
+A checkpoint of another config is an error, never silently reused.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import enum
 import hashlib
 import json
+import math
 import os
+import shutil
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from tqdm import tqdm
 
 from heat_jax import artifacts, checkpoints, model_spec
 from heat_jax.data import build_task
-from heat_jax.errors import ConfigError
+from heat_jax.data.base import Task
+from heat_jax.errors import ConfigError, TrainingError
 from heat_jax.io_utils import sha256_file, write_json
-from heat_jax.methods import MethodContext, get_method
+from heat_jax.methods import Method, MethodContext, get_method
 from heat_jax.models import create_model, model_family
 from heat_jax.training import partition
 from heat_jax.training.checkpointing import TrainCheckpointer
 from heat_jax.training.metrics import MetricWriter
 from heat_jax.training.trainer import Trainer, epoch_batches
 
+Log = Callable[[str], Any]
+RESULTS_FILE = "results.json"
+CHECKPOINT_DIR = "checkpoints"
+# Files a run writes into its workdir (cleared by train.resume=False).
+RUN_FILES = (RESULTS_FILE, "metrics.jsonl", "adapter.npz", "adapter.json", "merged.npz",
+             "importance.npy", "heads.npy", "importance.json", "importance.png")
 _RESUME_NEUTRAL = ("train.resume", "train.progress", "train.export_merged")
+
+
+class Start(enum.Enum):
+  """Where a run starts (see the module docstring)."""
+
+  FRESH = "fresh"
+  RESUME = "resume"
+  AFTER_LAST_STEP = "checkpoint after last step"
+
+
+# ----------------------------------------------------------------------------- config
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> str:
@@ -50,22 +88,28 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int, overrides: dict):
-  """The linen module for `config.model` plus a method's overrides."""
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                extensions: tuple = ()) -> tuple[Any, dict]:
+  """The linen module for `config.model` with the method's extensions, and its spec."""
   fields = {"image_size": config.model.image_size,
             "drop_path_rate": config.model.drop_path_rate}
   if model_family(config.model.name) == "vit":
     fields["classifier"] = config.model.classifier
-  if config.train.bf16:
-    fields["dtype"] = jnp.bfloat16
-  spec_fields = {**fields, **overrides}
-  spec_fields.pop("dtype", None)
-  model = create_model(config.model.name, num_classes, **fields, **overrides)
-  return model, model_spec.spec_of(config.model.name, num_classes, spec_fields)
+  model = create_model(config.model.name, num_classes, extensions=tuple(extensions),
+                       **fields, **({"dtype": jnp.bfloat16} if config.train.bf16 else {}))
+  return model, model_spec.spec_of(config.model.name, num_classes, fields, extensions)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Cheap checks that fail before any data or weights are touched."""
+# ----------------------------------------------------------------------------- validate
+
+
+def validate(config: ml_collections.ConfigDict) -> Method:
+  """Cheap checks that fail before any data or weights are touched; returns the method."""
+  bad = [k for k, v in _flat(config.to_dict()).items()
+         if isinstance(v, float) and not math.isfinite(v)]
+  if bad:
+    raise ConfigError(f"config.{bad[0]} must be a finite number, got "
+                      f"{_flat(config.to_dict())[bad[0]]}")
   t = config.train
   if t.batch_size < 1 or t.eval_batch_size < 1:
     raise ConfigError("config.train.batch_size and eval_batch_size must be >= 1")
@@ -75,31 +119,64 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"divisible by the {n_dev} local devices")
   if t.epochs < 1:
     raise ConfigError(f"config.train.epochs must be >= 1, got {t.epochs}")
+  for name in ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps"):
+    if t[name] < 1:
+      raise ConfigError(f"config.train.{name} must be >= 1, got {t[name]}")
   if config.optim.lr <= 0:
     raise ConfigError(f"config.optim.lr must be > 0, got {config.optim.lr}")
-  if config.train.export_merged and not get_method(config).mergeable:
+  method = get_method(config)
+  method.validate()
+  if t.export_merged and not method.mergeable:
     raise ConfigError(f"config.train.export_merged: method {config.method.name} adds "
                       "modules that cannot be folded into a plain checkpoint; set it False")
+  return method
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *,
-        log: Any = print) -> dict[str, Any]:
-  """Trains and evaluates one configuration; returns the results dict."""
-  start_time = time.time()
-  validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  method = get_method(config)
-  overrides = method.model_overrides()
+def finished_results(config: ml_collections.ConfigDict, workdir: str,
+                     fingerprint: str) -> Optional[dict]:
+  """The results of this config if `workdir` holds them (FINISHED), else None."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  if not config.train.resume or not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None  # unreadable: the run is redone and the file rewritten
+  if results.get("fingerprint") != fingerprint:
+    raise ConfigError(f"workdir {workdir} holds a finished run with a different config; "
+                      "use a new --workdir or --config.train.resume=False")
+  return results
 
-  # Data first: a missing dataset fails in seconds, before any download.
-  family = model_family(config.model.name)
-  task = build_task(config.data, model_family=family, image_size=config.model.image_size)
-  num_classes = config.data.num_classes or task.num_classes
-  if config.data.num_classes and config.data.num_classes != task.num_classes:
-    raise ConfigError(f"config.data.num_classes={config.data.num_classes} but the data has "
-                      f"{task.num_classes} classes")
-  model, spec = build_model(config, num_classes, overrides)
 
+# ----------------------------------------------------------------------------- prepare
+
+
+@dataclasses.dataclass
+class Prepared:
+  """Everything the train and finalize phases need."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  task: Task
+  method: Method
+  model: Any
+  spec: dict
+  base: dict
+  mask: partition.FlatMask
+  counts: tuple[int, int, int]        # trainable, trainable without head, total
+  trainer: Trainer
+  ckpt: TrainCheckpointer
+  start: Start
+  state: Any
+  meta: dict                          # restored checkpoint meta ({} when fresh)
+  steps_per_epoch: int
+  total_steps: int
+  fingerprint: str
+
+
+def load_weights(config: ml_collections.ConfigDict, model: Any) -> tuple[dict, dict, dict]:
+  """(params, model state, base info): the pretrained file or a seeded random init."""
   init_rng = jax.random.key(config.seed)  # artifacts.load_adapter rebuilds with this key
   base: dict[str, Any] = {"checkpoint": config.model.pretrained or None,
                           "interpolation": config.model.posemb_interpolation,
@@ -111,15 +188,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                                          interpolation=config.model.posemb_interpolation)
   else:
     params = checkpoints.init_params(model, rng=init_rng)
+  return params, checkpoints.init_model_state(model, rng=init_rng), base
 
-  ctx = MethodContext(config=config, model=model, params=params, task=task, workdir=workdir)
-  mask = method.trainable_mask(ctx)
-  n_train = partition.count(params, mask)
-  n_train_body = partition.count(params, mask, exclude=partition.is_head)
-  n_total = partition.count(params, {k: True for k in partition.flatten(params)})
-  log(f"[heat_jax] {config.method.name} on {task.name}: trainable parameters "
-      f"{n_train:,} ({n_train_body:,} without the classifier) of {n_total:,}")
 
+def clear_run_files(workdir: str) -> None:
+  """Removes a previous run's files (train.resume=False starts over)."""
+  shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR), ignore_errors=True)
+  for name in RUN_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path):
+      os.remove(path)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
+            fingerprint: str, log: Log) -> Prepared:
+  """Data, model, weights, resume point, trainable mask and trainer."""
+  # Data first: a missing dataset fails in seconds, before any download.
+  task = build_task(config.data, model_family=model_family(config.model.name),
+                    image_size=config.model.image_size)
+  num_classes = config.data.num_classes or task.num_classes
+  if config.data.num_classes and config.data.num_classes != task.num_classes:
+    raise ConfigError(f"config.data.num_classes={config.data.num_classes} but the data has "
+                      f"{task.num_classes} classes")
   t = config.train
   steps_per_epoch = task.train.num_examples // t.batch_size
   if steps_per_epoch < 1:
@@ -128,109 +218,193 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   total_steps = t.epochs * steps_per_epoch
   if t.max_steps > 0:
     total_steps = min(total_steps, t.max_steps)
-  trainer = Trainer(model, params, mask, config.optim, total_steps=total_steps,
-                    steps_per_epoch=steps_per_epoch, seed=config.seed)
-  state = trainer.initial_state()
 
-  fingerprint = config_fingerprint(config)
-  ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"))
-  history: list[dict] = []
-  elapsed_before = 0.0
-  train_time_before = 0.0
+  model, _ = build_model(config, num_classes, method.extensions())
+  params, model_state, base = load_weights(config, model)
+
+  os.makedirs(workdir, exist_ok=True)
+  if not t.resume:
+    clear_run_files(workdir)
+  ckpt = TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR))
   latest = ckpt.latest_step()
-  if latest is not None and t.resume:
-    restored, meta = ckpt.restore(latest, state)
+  meta: dict = {}
+  if latest is not None:
+    meta = ckpt.restore_meta(latest)
     if meta.get("fingerprint") != fingerprint:
+      ckpt.close()
       raise ConfigError(f"workdir {workdir} holds a run with a different config; use a new "
                         "--workdir or --config.train.resume=False")
+    method.restore(meta.get("method_state", {}))
+
+  ctx = MethodContext(config=config, model=model, params=params, task=task, workdir=workdir,
+                      model_state=model_state)
+  mask = method.trainable_mask(ctx)
+  model, spec = build_model(config, num_classes, method.trained_extensions())
+  counts = (partition.count(params, mask),
+            partition.count(params, mask, exclude=partition.is_head),
+            partition.count(params, {k: True for k in partition.flatten(params)}))
+  log(f"[heat_jax] {config.method.name} on {task.name}: trainable parameters "
+      f"{counts[0]:,} ({counts[1]:,} without the classifier) of {counts[2]:,}")
+  trainer = Trainer(model, params, mask, config.optim, total_steps=total_steps,
+                    steps_per_epoch=steps_per_epoch, seed=config.seed,
+                    model_state=model_state)
+  state = trainer.initial_state()
+  start = Start.FRESH
+  if latest is not None:
+    restored, _ = ckpt.restore(latest, state)
     state = jax.device_put(restored, trainer.replicated)
-    history = list(meta.get("history", []))
-    elapsed_before = float(meta.get("elapsed_s", 0.0))
-    train_time_before = float(meta.get("train_time_s", 0.0))
-    log(f"[heat_jax] resumed from step {latest}")
-  writer = MetricWriter(workdir, resume_step=int(state["step"]))
+    start = Start.AFTER_LAST_STEP if latest >= total_steps else Start.RESUME
+    log(f"[heat_jax] resumed from step {latest} ({start.value})")
+  return Prepared(config=config, workdir=workdir, task=task, method=method, model=model,
+                  spec=spec, base=base, mask=mask, counts=counts, trainer=trainer,
+                  ckpt=ckpt, start=start, state=state, meta=meta,
+                  steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                  fingerprint=fingerprint)
 
-  # Steps are dispatched asynchronously, so training time is measured as loop time
-  # minus the (synchronising) evaluations and checkpoint saves.
-  loop_start = time.time()
-  side_time = 0.0
 
-  def train_time() -> float:
-    return time.time() - loop_start - side_time
+# ----------------------------------------------------------------------------- train
 
-  def checkpoint_meta() -> dict:
-    return {"fingerprint": fingerprint, "history": history,
-            "elapsed_s": elapsed_before + time.time() - start_time,
-            "train_time_s": train_time_before + train_time()}
+
+class _Clock:
+  """Run time split into training and side work (evaluation, checkpoints).
+
+  Steps are dispatched asynchronously, so throughput is measured between
+  synchronisation points only (metric fetches, evaluations, saves).
+  """
+
+  def __init__(self, elapsed_before: float, train_before: float):
+    self.start = time.time()
+    self.elapsed_before, self.train_before = elapsed_before, train_before
+    self.side = 0.0
+    self.sync_time, self.sync_steps, self.compiled = time.time(), 0, False
+
+  def elapsed(self) -> float:
+    return self.elapsed_before + time.time() - self.start
+
+  def train_time(self) -> float:
+    return self.train_before + time.time() - self.start - self.side
+
+  def side_work(self, fn: Callable[[], Any]) -> Any:
+    tic = time.time()
+    out = fn()
+    self.side += time.time() - tic
+    self.sync_time, self.sync_steps = time.time(), 0
+    return out
+
+  def images_per_s(self, batch_size: int) -> Optional[float]:
+    """Throughput since the last synchronisation (None for the compiling first one)."""
+    now = time.time()
+    rate = self.sync_steps * batch_size / max(now - self.sync_time, 1e-9)
+    first = not self.compiled
+    self.compiled, self.sync_time, self.sync_steps = True, now, 0
+    return None if first else rate
+
+
+def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
+  """Runs the steps from the resume point to the last one; returns state, history, clock."""
+  t, task, trainer = p.config.train, p.task, p.trainer
+  state = p.state
+  history: list[dict] = list(p.meta.get("history", []))
+  clock = _Clock(float(p.meta.get("elapsed_s", 0.0)), float(p.meta.get("train_time_s", 0.0)))
+  step = first_step = int(state["step"])  # read now: the step donates the state's buffers
+  writer = MetricWriter(p.workdir, resume_step=step)
+
+  def evaluate(epoch: float, step: int) -> None:
+    def run() -> None:
+      record: dict[str, Any] = {"epoch": epoch, "step": step}
+      record["test_top1"] = trainer.evaluate(state, task.test, t.eval_batch_size)["top1"]
+      if task.val is not None:
+        record["val_top1"] = trainer.evaluate(state, task.val, t.eval_batch_size)["top1"]
+      history.append(record)
+      writer.write(step, {f"eval/{k}": v for k, v in record.items() if k != "step"})
+    clock.side_work(run)
 
   def save(step: int) -> None:
-    nonlocal side_time
-    tic = time.time()
-    ckpt.save(step, state, checkpoint_meta())
-    side_time += time.time() - tic
+    clock.side_work(lambda: p.ckpt.save(step, state, checkpoint_meta(p, history, clock)))
 
-  def evaluate_epoch(epoch: int, step: int) -> None:
-    nonlocal side_time
-    tic = time.time()
-    record: dict[str, Any] = {"epoch": epoch, "step": step}
-    record["test_top1"] = trainer.evaluate(state, task.test, t.eval_batch_size)["top1"]
-    if task.val is not None:
-      record["val_top1"] = trainer.evaluate(state, task.val, t.eval_batch_size)["top1"]
-    history.append(record)
-    writer.write(step, {f"eval/{k}": v for k, v in record.items() if k != "step"})
-    side_time += time.time() - tic
-
-  step = int(state["step"])
-  bar = tqdm(total=total_steps, initial=step, desc="train", disable=not t.progress,
+  bar = tqdm(total=p.total_steps, initial=step, desc="train", disable=not t.progress,
              dynamic_ncols=True)
-  last_log = time.time()
-  while step < total_steps:
-    epoch, skip = divmod(step, steps_per_epoch)
-    for batch in epoch_batches(task.train, t.batch_size, seed=config.seed, epoch=epoch,
+  finite: list[tuple[int, Any]] = []
+  while step < p.total_steps:
+    epoch, skip = divmod(step, p.steps_per_epoch)
+    for batch in epoch_batches(task.train, t.batch_size, seed=p.config.seed, epoch=epoch,
                                skip=skip):
       state, metrics = trainer.train_step(state, batch)
       step += 1
-      if step % t.log_every_steps == 0 or step == total_steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.time()
-        metrics["img_per_s"] = t.batch_size * t.log_every_steps / max(now - last_log, 1e-9)
-        last_log = now
-        writer.write(step, {f"train/{k}": v for k, v in metrics.items()})
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['img_per_s']:.0f}")
+      clock.sync_steps += 1
+      finite.append((step, metrics["finite"]))
+      last = step == p.total_steps
+      if step % t.log_every_steps == 0 or last:
+        values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+        check_finite(finite)
+        finite.clear()
+        rate = clock.images_per_s(t.batch_size)
+        if rate is not None:
+          values["img_per_s"] = rate
+        writer.write(step, {f"train/{k}": v for k, v in values.items()})
+        bar.set_postfix(loss=f"{values['loss']:.4f}",
+                        **({"img_s": f"{rate:.0f}"} if rate is not None else {}))
       bar.update(1)
-      epoch_done = step % steps_per_epoch == 0
-      if epoch_done and ((step // steps_per_epoch) % t.eval_every_epochs == 0):
-        evaluate_epoch(step // steps_per_epoch, step)
-      if step % t.checkpoint_every_steps == 0 and step < total_steps:
+      if step % p.steps_per_epoch == 0 and (step // p.steps_per_epoch) % t.eval_every_epochs == 0:
+        evaluate(step // p.steps_per_epoch, step)
+      if step % t.checkpoint_every_steps == 0 and not last:
         save(step)
-      if step >= total_steps:
+      if last:
         break
   bar.close()
   jax.block_until_ready(state)
-  if not history or history[-1]["step"] != step:
-    evaluate_epoch(step / steps_per_epoch, step)
-  train_seconds = train_time()
-  save(step)
-  ckpt.close()
+  if step > first_step:   # trained in this process: final evaluation + checkpoint
+    if not history or history[-1]["step"] != step:
+      evaluate(step / p.steps_per_epoch, step)
+    save(step)
   writer.close()
+  return state, history, clock
 
-  final_params = trainer.full_params(state)
-  n_stored = artifacts.export_adapter(workdir, final_params, mask, model_spec=spec, base=base,
-                                      extra={"method": config.method.name})
-  if n_stored != n_train:
-    raise RuntimeError(f"adapter stores {n_stored} scalars but {n_train} are trainable")
+
+def check_finite(flags: list[tuple[int, Any]]) -> None:
+  """Raises TrainingError naming the first step whose loss or gradient was not finite."""
+  if not flags:
+    return
+  ok = np.asarray(jax.device_get(jnp.stack([f for _, f in flags])))
+  if not ok.all():
+    step = flags[int(np.argmin(ok))][0]
+    raise TrainingError(f"training diverged: the loss or gradient norm is not finite at "
+                        f"step {step}; lower config.optim.lr, set config.optim.clip_norm, or "
+                        "check the pretrained weights")
+
+
+def checkpoint_meta(p: Prepared, history: list[dict], clock: _Clock) -> dict:
+  return {"fingerprint": p.fingerprint, "history": history,
+          "elapsed_s": clock.elapsed(), "train_time_s": clock.train_time(),
+          "method_state": p.method.resume_state()}
+
+
+# ----------------------------------------------------------------------------- finalize
+
+
+def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
+             log: Log) -> dict[str, Any]:
+  """Exports the adapter (and merged checkpoint), writes results.json last."""
+  t = p.config.train
+  p.ckpt.close()
+  if not history:
+    raise TrainingError(f"the checkpoint in {p.workdir} has no evaluation; rerun with "
+                        "--config.train.resume=False")
+  final_params = p.trainer.full_params(state)
+  n_stored = artifacts.export_adapter(
+      p.workdir, final_params, p.mask, model_spec=p.spec, base=p.base,
+      model_state=p.trainer.full_model_state(state), extra={"method": p.config.method.name})
+  if n_stored != p.counts[0]:
+    raise RuntimeError(f"adapter stores {n_stored} scalars but {p.counts[0]} are trainable")
   if t.export_merged:
-    scale = (config.lora.alpha / config.lora.rank) if "lora" in overrides else None
-    artifacts.export_merged(os.path.join(workdir, "merged.npz"), final_params,
-                            lora_scale=scale)
-
-  results = summarize(config, task, history, method.info, base=base,
-                      trainable=(n_train, n_train_body, n_total),
-                      wall=elapsed_before + time.time() - start_time,
-                      train_time=train_time_before + train_seconds, images=step * t.batch_size,
-                      steps=step)
-  write_json(os.path.join(workdir, "results.json"), results)
-  log(f"[heat_jax] {task.name} / {config.method.name}: test top-1 "
+    artifacts.export_merged(os.path.join(p.workdir, "merged.npz"), p.model, final_params)
+  steps = int(state["step"])
+  results = summarize(p.config, p.task, history, p.method.info, base=p.base,
+                      trainable=p.counts, wall=clock.elapsed(), train_time=clock.train_time(),
+                      images=steps * t.batch_size, steps=steps)
+  results["fingerprint"] = p.fingerprint
+  write_json(os.path.join(p.workdir, RESULTS_FILE), results)
+  log(f"[heat_jax] {p.task.name} / {p.config.method.name}: test top-1 "
       f"{results['test_top1']:.4f} (best epoch {results['best_test_top1']:.4f})")
   return results
 
@@ -260,3 +434,30 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
       "method_info": method_info, "history": history,
       "config": config.to_dict(),
   }
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        log: Log = print) -> dict[str, Any]:
+  """Trains and evaluates one configuration; returns the results dict."""
+  config = copy.deepcopy(config)  # nothing below may change the caller's config
+  method = validate(config)
+  fingerprint = config_fingerprint(config)
+  done = finished_results(config, workdir, fingerprint)
+  if done is not None:
+    log(f"[heat_jax] {workdir} already holds the finished run of this config: test top-1 "
+        f"{done['test_top1']:.4f}")
+    return done
+  p = prepare(config, workdir, method, fingerprint, log)
+  try:
+    if p.start is Start.AFTER_LAST_STEP:
+      state, history = p.state, list(p.meta.get("history", []))
+      clock = _Clock(float(p.meta.get("elapsed_s", 0.0)),
+                     float(p.meta.get("train_time_s", 0.0)))
+    else:
+      state, history, clock = train(p, log)
+    return finalize(p, state, history, clock, log)
+  finally:
+    p.ckpt.close()

@@ -1,35 +1,30 @@
-"""A JSON-able description of a built model, so artifacts can rebuild it."""
+"""A JSON-able description of a built model, so artifacts can rebuild it.
+
+`{'name', 'num_classes', 'overrides', 'extensions'}`: the registered model name, the
+module fields that differ from its registered defaults, and the extension specs as
+`{'kind', 'fields'}` (kinds from the extension registry, filled by the method files).
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 
-from heat_jax.models import create_model
-from heat_jax.models.layers import AdapterSpec, LoraSpec
-from heat_jax.models.vit import VptSpec
-
-_SPECS = {"lora": LoraSpec, "adapter": AdapterSpec, "vpt": VptSpec}
+import heat_jax.methods  # noqa: F401  (registers every method's extension kinds)
+from heat_jax.models import create_model, extensions as ext_lib
+from heat_jax.models.extensions import Extension
 
 
-def spec_of(name: str, num_classes: int, overrides: dict[str, Any]) -> dict[str, Any]:
-  """{'name', 'num_classes', 'overrides'} with dataclass specs turned into dicts."""
-  out = {}
-  for k, v in overrides.items():
-    if dataclasses.is_dataclass(v):
-      v = {kk: list(vv) if isinstance(vv, tuple) else vv
-           for kk, vv in dataclasses.asdict(v).items()}
-    out[k] = v
-  return {"name": name, "num_classes": int(num_classes), "overrides": out}
+def spec_of(name: str, num_classes: int, overrides: dict[str, Any],
+            extensions: Sequence[Extension] = ()) -> dict[str, Any]:
+  """The spec of `create_model(name, num_classes, extensions=..., **overrides)`."""
+  return {"name": name, "num_classes": int(num_classes), "overrides": dict(overrides),
+          "extensions": [ext_lib.to_dict(e) for e in extensions]}
 
 
 def model_from_spec(spec: dict[str, Any]) -> nn.Module:
   """Inverse of `spec_of`."""
-  overrides = {}
-  for k, v in spec["overrides"].items():
-    if k in _SPECS and isinstance(v, dict):
-      v = _SPECS[k](**{kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()})
-    overrides[k] = v
-  return create_model(spec["name"], spec["num_classes"], **overrides)
+  exts = tuple(ext_lib.from_dict(d) for d in spec.get("extensions", []))
+  return create_model(spec["name"], spec["num_classes"], extensions=exts,
+                      **spec["overrides"])

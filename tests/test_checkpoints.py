@@ -183,10 +183,11 @@ def test_head_reinitialised_for_new_class_count(tmp_path, micro):
 
 def test_fresh_parameters_equal_init_params(tmp_path):
   """Head and PETL extensions come out exactly as `init_params` makes them."""
-  from heat_jax.models.layers import AdapterSpec, LoraSpec
-  from heat_jax.models.vit import VptSpec
-  model = create_model("ViT-micro", 4, head_init="lecun", lora=LoraSpec(rank=2),
-                       adapter=AdapterSpec(dim=3), vpt=VptSpec(num_tokens=2))
+  from heat_jax.methods.adapter import AdapterSpec
+  from heat_jax.methods.lora import LoraSpec
+  from heat_jax.methods.vpt import VptSpec
+  model = create_model("ViT-micro", 4, head_init="lecun", extensions=(
+      LoraSpec(rank=2), AdapterSpec(dim=3), VptSpec(num_tokens=2)))
   path, arrays = _write(tmp_path, seed=14)
   params = _flat(load_pretrained(path, model, rng=jax.random.key(5)))
   fresh = _flat(init_params(model, rng=jax.random.key(5)))

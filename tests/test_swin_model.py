@@ -11,6 +11,8 @@ from flax import traverse_util
 from heat_jax.data.preprocess import resolve_value_range
 from heat_jax.models import create_model, head_layout, layers, model_defaults
 from heat_jax.models import swin
+from heat_jax.methods.adapter import AdapterSpec
+from heat_jax.methods.lora import LoraSpec
 from heat_jax.models.attention_paths import attention_paths
 from heat_jax.testing import fake_swin
 
@@ -224,9 +226,9 @@ def test_lora_and_adapters_are_wired_in(tiny, tiny_plain):
   base = traverse_util.flatten_dict(params, sep="/")
   rng = np.random.default_rng(0)
   cases = {
-      "lora": dict(lora=layers.LoraSpec(rank=2)),
-      "parallel": dict(adapter=layers.AdapterSpec(dim=4, style="parallel")),
-      "serial": dict(adapter=layers.AdapterSpec(dim=4, style="serial")),
+      "lora": dict(extensions=(LoraSpec(rank=2),)),
+      "parallel": dict(extensions=(AdapterSpec(dim=4, style="parallel"),)),
+      "serial": dict(extensions=(AdapterSpec(dim=4, style="serial"),)),
   }
 
   def zero_at_init(key):  # LoRA `b` and the adapters' `up` layer
@@ -256,7 +258,7 @@ def test_lora_and_adapters_are_wired_in(tiny, tiny_plain):
       else:
         assert np.abs(np.asarray(out) - np.asarray(plain)).max() > 1e-3, name
   with pytest.raises(ValueError, match="adapter style"):
-    bad = create_model("Swin-tiny", 5, adapter=layers.AdapterSpec(style="sideways"))
+    bad = create_model("Swin-tiny", 5, extensions=(AdapterSpec(style="sideways"),))
     jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 

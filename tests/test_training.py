@@ -12,7 +12,7 @@ from heat_jax import artifacts, checkpoints, experiment
 from heat_jax.data import build_task
 from heat_jax.methods.heat import head_lora_mask, head_weight_mask
 from heat_jax.models import create_model
-from heat_jax.models.layers import LoraSpec
+from heat_jax.methods.lora import LoraSpec
 from heat_jax.training import partition
 from heat_jax.training.trainer import Trainer, epoch_batches
 
@@ -71,7 +71,7 @@ def test_heat_head_weights_freeze_everything_else(tiny_config):
 
 def test_heart_lora_masks_unselected_heads(tiny_config):
   spec = LoraSpec(rank=2, alpha=2.0)
-  model = create_model("ViT-micro", 4, lora=spec)
+  model = create_model("ViT-micro", 4, extensions=(spec,))
   params = _perturbed_params(model)
   selected = np.array([[True, False], [False, False]])
   mask = head_lora_mask(params, selected)
@@ -108,12 +108,12 @@ def test_each_method_learns(tiny_config, method, tmp_path):
 
 def test_lora_merge_equals_unmerged(tmp_path):
   spec = LoraSpec(rank=3, alpha=6.0)
-  model = create_model("ViT-micro", 5, lora=spec)
+  model = create_model("ViT-micro", 5, extensions=(spec,))
   params = _perturbed_params(model, seed=3)  # non-zero b: a real LoRA delta
   images = np.random.default_rng(0).standard_normal((3, 32, 32, 3)).astype(np.float32)
   want = model.apply({"params": params}, images)
   path = tmp_path / "merged.npz"
-  artifacts.export_merged(str(path), params, lora_scale=spec.alpha / spec.rank)
+  artifacts.export_merged(str(path), model, params)
   keys = np.load(path, allow_pickle=False).files
   assert "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel" in keys
   assert not any("lora" in k for k in keys)
@@ -138,7 +138,8 @@ def test_adapter_roundtrip_and_counts(tiny_config, tmp_path):
   d, hd, classes = 32, 16, 4
   assert results["trainable_params_no_head"] == 2 * (3 * (d * hd + hd) + hd * d)
   assert results["trainable_params"] == results["trainable_params_no_head"] + d * classes + classes
-  model, params = artifacts.load_adapter(str(tmp_path))
+  model, variables = artifacts.load_adapter(str(tmp_path))
+  params = variables["params"]
   task = build_task(c.data, model_family="vit", image_size=32)
   batch = next(task.test.batches(8))
   got = model.apply({"params": params}, batch["image"])

@@ -28,14 +28,13 @@ from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints
                                            get_checkpoint, register_checkpoint)
 from heat_jax.errors import CheckpointError
 from heat_jax.io_utils import cache_dir, load_npz, sha256_file
-from heat_jax.models.layers import EXTENSION_NAMES
 
 Params = dict[str, Any]
 # family -> fn(path, template_shapes, model, image_hw, interpolation) -> (flat arrays, facts)
 _CONVERTERS: dict[str, Callable[..., tuple[dict[str, np.ndarray], dict]]] = {}
 
-__all__ = ["CheckpointInfo", "available_checkpoints", "get_checkpoint", "init_params",
-           "load_pretrained", "register_checkpoint", "register_converter",
+__all__ = ["CheckpointInfo", "available_checkpoints", "get_checkpoint", "init_model_state",
+           "init_params", "load_pretrained", "register_checkpoint", "register_converter",
            "resolve_checkpoint", "sha256_file"]
 
 
@@ -89,10 +88,33 @@ def init_params(model: nn.Module, *, image_size: Optional[int | tuple[int, int]]
   return jax.device_get(variables["params"])
 
 
-def is_fresh_param(name: str) -> bool:
-  """Parameters never taken from a pretrained file: the head and PETL extensions."""
+def init_model_state(model: nn.Module, *,
+                     image_size: Optional[int | tuple[int, int]] = None,
+                     rng: Optional[jax.Array] = None) -> dict[str, Any]:
+  """The model's initial non-parameter collections (e.g. `batch_stats`); {} for most.
+
+  Only the state is returned from the jitted init, so XLA drops the parameter init.
+  """
+  h, w = image_hw(model, image_size)
+  rng = jax.random.key(0) if rng is None else rng
+  dummy = jnp.zeros((1, h, w, 3), jnp.float32)
+  state = jax.jit(lambda r: {k: v for k, v in model.init(r, dummy).items()
+                             if k != "params"})(rng)
+  return jax.device_get(state)
+
+
+def fresh_names(model: nn.Module) -> frozenset[str]:
+  """Subtree names never taken from a pretrained file: the head and extensions' own."""
+  names = {"head"}
+  for ext in getattr(model, "extensions", ()):
+    names.update(ext.param_names)
+  return frozenset(names)
+
+
+def is_fresh_param(name: str, names: frozenset[str]) -> bool:
+  """Whether parameter `name` ('/'-joined path) lies in a fresh subtree (`fresh_names`)."""
   parts = name.split("/")
-  return parts[0] == "head" or any(p in EXTENSION_NAMES for p in parts)
+  return parts[0] == "head" or any(p in names for p in parts)
 
 
 def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
@@ -124,7 +146,8 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
   loaded, _ = _CONVERTERS[family](path, template=template, model=model,
                                   image_hw=image_hw(model, image_size),
                                   interpolation=interpolation)
-  merged = merge_into_template(loaded, flat_fresh, source=str(path))
+  merged = merge_into_template(loaded, flat_fresh, source=str(path),
+                               fresh=fresh_names(model))
   return traverse_util.unflatten_dict(merged, sep="/")
 
 
@@ -154,18 +177,23 @@ def _init_flat(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[st
 
 
 def _init_fresh(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[str, Any]:
-  return {k: v for k, v in _init_flat(model, hw, rng).items() if is_fresh_param(k)}
+  names = fresh_names(model)
+  return {k: v for k, v in _init_flat(model, hw, rng).items() if is_fresh_param(k, names)}
 
 
 _init_fresh_cached = jax.jit(_init_fresh, static_argnums=(0, 1))
 
 
-def merge_into_template(loaded: dict[str, np.ndarray], fresh: dict[str, Any], *,
-                        source: str) -> dict[str, Any]:
-  """Takes every non-fresh parameter from `loaded`; raises one error on any mismatch."""
+def merge_into_template(loaded: dict[str, np.ndarray], template: dict[str, Any], *,
+                        source: str, fresh: frozenset[str] = frozenset()) -> dict[str, Any]:
+  """Takes every non-fresh parameter from `loaded`; raises one error on any mismatch.
+
+  `template` holds values for fresh parameters (subtrees named in `fresh` and the
+  head) and shapes for the rest.
+  """
   missing, wrong, merged = [], [], {}
-  for key, value in fresh.items():
-    if is_fresh_param(key):
+  for key, value in template.items():
+    if is_fresh_param(key, fresh):
       merged[key] = value
       continue
     if key not in loaded:
@@ -176,7 +204,7 @@ def merge_into_template(loaded: dict[str, np.ndarray], fresh: dict[str, Any], *,
       wrong.append(f"{key} file {arr.shape} vs model {tuple(value.shape)}")
       continue
     merged[key] = arr.astype(value.dtype)
-  extra = sorted(k for k in loaded if k not in fresh and not is_fresh_param(k))
+  extra = sorted(k for k in loaded if k not in template and not is_fresh_param(k, fresh))
   if missing or extra or wrong:
     parts = []
     for label, items in (("missing", missing), ("unexpected", extra),

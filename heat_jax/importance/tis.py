@@ -32,6 +32,7 @@ from heat_jax.errors import ConfigError, DataError
 from heat_jax.importance.sites import (PROJECTIONS, AttentionSite, check_sites,
                                        find_attention_sites, unwrap_params)
 from heat_jax.losses import masked_cross_entropy
+from heat_jax.models.apply import apply_model
 from heat_jax.models.attention_paths import get_subtree
 from heat_jax.models.registry import head_layout
 
@@ -110,11 +111,11 @@ def _gate_dtype(params: Params, sites: Sequence[AttentionSite]) -> Any:
   return jnp.promote_types(kernel.dtype, jnp.float32)
 
 
-def _gated_loss(model: Any, loss_fn: LossFn, params: Params, image: Array, label: Array,
-                mask: Array, gates: Optional[Array]) -> Array:
-  """Loss of the model with head gates (None = plain model)."""
-  logits = model.apply({"params": unwrap_params(params)}, image, head_gates=gates,
-                       train=False)
+def _gated_loss(model: Any, loss_fn: LossFn, params: Params, model_state: Any, image: Array,
+                label: Array, mask: Array, gates: Optional[Array]) -> Array:
+  """Eval-mode loss of the model with head gates (None = plain model)."""
+  logits, _ = apply_model(model, unwrap_params(params), model_state, image, train=False,
+                          head_gates=gates)
   return loss_fn(logits, label, mask)
 
 
@@ -153,13 +154,13 @@ def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Ste
   loss_of = functools.partial(_gated_loss, model, loss_fn)
 
   @jax.jit
-  def scores(params, image, label, mask):
+  def scores(params, model_state, image, label, mask):
     params = flax.core.unfreeze(unwrap_params(params))
     sites = find_attention_sites(params)  # trace time only
     check_sites(sites, layout)
     if strategy == "gate":
       gates = jnp.ones(layout.shape, _gate_dtype(params, sites))
-      grad = jax.grad(lambda g: loss_of(params, image, label, mask, g))(gates)
+      grad = jax.grad(lambda g: loss_of(params, model_state, image, label, mask, g))(gates)
       return jnp.where(valid, jnp.abs(grad), 0)
 
     groups = _PARAM_GROUPS[strategy]
@@ -174,7 +175,7 @@ def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Ste
 
     def loss_attn(attn):
       merged = flax.traverse_util.unflatten_dict({**flat, **attn})
-      return loss_of(merged, image, label, mask, None)
+      return loss_of(merged, model_state, image, label, mask, None)
 
     grad = jax.grad(loss_attn)(theta)
     rows = []
@@ -183,8 +184,8 @@ def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Ste
       rows.append(jnp.pad(row, (0, layout.max_heads - site.num_heads)))
     return jnp.stack(rows)
 
-  def step(params: Params, batch: Batch) -> Array:
-    return scores(params, *_batch_arrays(batch))
+  def step(params: Params, batch: Batch, model_state: Optional[Params] = None) -> Array:
+    return scores(params, model_state or {}, *_batch_arrays(batch))
 
   step.jitted = scores  # type: ignore[attr-defined]
   return step
@@ -205,7 +206,8 @@ def _take(batches: Iterable[Batch], num_batches: Optional[int]) -> tuple[Iterabl
 def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
                 strategy: str = "head", num_batches: Optional[int] = None,
                 normalize: str = "none", loss_fn: Optional[LossFn] = None,
-                progress: Optional[bool] = None) -> np.ndarray:
+                progress: Optional[bool] = None,
+                model_state: Optional[Params] = None) -> np.ndarray:
   """Taylor-expansion importance of every head: float64 [layers, max_heads].
 
   Args:
@@ -219,6 +221,7 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
     loss_fn: `loss_fn(logits, labels, mask) -> scalar`; default
       `heat_jax.losses.masked_cross_entropy` (mean over mask == 1 rows).
     progress: tqdm bar (None = only on a terminal).
+    model_state: the model's non-parameter collections (e.g. batch statistics).
 
   Returns:
     The mean over batches of each batch's (absolute) scores.
@@ -228,6 +231,7 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
   layout = head_layout(model)
   step = make_tis_step(model, strategy, loss_fn=loss_fn)
   params = jax.device_put(params)
+  model_state = jax.device_put(model_state or {})
   batches, total_batches = _take(batches, num_batches)
   total = np.zeros(layout.shape, np.float64)
   count, pending = 0, None
@@ -236,7 +240,7 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
   for batch in bar:
     if _num_real(batch) == 0:
       continue
-    out = step(params, batch)  # dispatched; the previous result is fetched meanwhile
+    out = step(params, batch, model_state)  # dispatched; the previous one is fetched meanwhile
     if pending is not None:
       total += np.asarray(pending, np.float64)
     pending, count = out, count + 1
@@ -251,7 +255,8 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
 def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
                     num_batches: Optional[int] = None, loss_fn: Optional[LossFn] = None,
                     heads: Optional[Sequence[tuple[int, int]]] = None,
-                    progress: Optional[bool] = None) -> np.ndarray:
+                    progress: Optional[bool] = None,
+                    model_state: Optional[Params] = None) -> np.ndarray:
   """Reference (slow): loss(head gated to 0) - loss(plain model), float64 [layers, max_heads].
 
   One jitted forward pass per head per batch; averaged over batches like `compute_tis`.
@@ -271,6 +276,7 @@ def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
                         f"(heads per layer {layout.heads_per_layer})")
   loss_fn = loss_fn or masked_cross_entropy
   params = jax.device_put(params)
+  model_state = jax.device_put(model_state or {})
   sites = find_attention_sites(params)
   check_sites(sites, layout)
   ones = np.ones(layout.shape, _gate_dtype(unwrap_params(params), sites))
@@ -287,12 +293,12 @@ def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
     if _num_real(batch) == 0:
       continue
     arrays = jax.device_put(_batch_arrays(batch))
-    base = float(loss(params, *arrays, ones))
+    base = float(loss(params, model_state, *arrays, ones))
     bar.update()
     for l, h in heads:
       gates = ones.copy()
       gates[l, h] = 0
-      total[l, h] += float(loss(params, *arrays, gates)) - base
+      total[l, h] += float(loss(params, model_state, *arrays, gates)) - base
       bar.update()
     count += 1
   bar.close()

@@ -1,24 +1,34 @@
-"""What a PETL method is: model extensions + a declaration of what is trainable.
+"""What a PETL method is: model extensions + what trains + its own config block.
 
-A method is one module that defines a `Method` subclass and registers it with
+A method is one module that defines a `Method` subclass registered with
 `@register_method`. The engine asks it for
-  * `model_overrides()`: fields passed to `create_model` (LoRA, adapters, prompts);
-  * `trainable_mask(ctx)`: a flat mask (see `heat_jax.training.partition`) over the
-    loaded parameters; the classifier head is always trainable.
-Methods never rename or renumber pretrained parameters: extensions live in their own
-explicitly named subtrees, so pretrained checkpoints always load.
+  * `default_config()`: the config blocks it owns (`config.<block>.*`), collected into
+    the base config by `configs/common.py`;
+  * `validate()`: cheap checks of its options, before data or weights are touched;
+  * `extensions()`: extension specs passed to the backbone (`heat_jax.models.extensions`:
+    a delta on attention projections, branches around sub-blocks, prefix tokens, a
+    head that reads every block), whose flax modules live in the method's file;
+  * `trainable_mask(ctx)`: a flat mask over the loaded parameters (see
+    `heat_jax.training.partition`); the engine chooses how to train it;
+  * `trained_extensions()`: the extensions of the model that trains, once the mask is
+    known (default: `extensions()`; Heart-LoRA adds its per-head mask);
+  * `resume_state()` / `restore(state)`: what a resumed run must reuse (e.g. the HEAT
+    selection); stored in the training checkpoint, never read from loose files.
+Merging into plain weights is the extensions' `merge`. Methods never rename pretrained
+parameters: extensions add their own subtrees, so pretrained checkpoints always load.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import ml_collections
 
 from heat_jax.data.base import Task
 from heat_jax.errors import ConfigError
+from heat_jax.models.extensions import Extension
 from heat_jax.training import partition
 
 _METHODS: dict[str, type["Method"]] = {}
@@ -33,21 +43,37 @@ class MethodContext:
   params: dict[str, Any]
   task: Optional[Task] = None
   workdir: Optional[str] = None
+  model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Method:
   """Base class: trains the classifier head only (a linear probe)."""
 
-  name = "base"
-  # Whether the trained model can be exported as a plain ViT checkpoint.
-  mergeable = True
+  name: ClassVar[str] = "base"
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     self.info: dict[str, Any] = {}
 
-  def model_overrides(self) -> dict[str, Any]:
+  @classmethod
+  def default_config(cls) -> dict[str, ml_collections.ConfigDict]:
+    """Config blocks this method owns: {block name: defaults}."""
     return {}
+
+  def validate(self) -> None:
+    """Raises ConfigError on bad options; by default builds the extensions."""
+    self.extensions()
+
+  def extensions(self) -> tuple[Extension, ...]:
+    return ()
+
+  def trained_extensions(self) -> tuple[Extension, ...]:
+    return self.extensions()
+
+  @property
+  def mergeable(self) -> bool:
+    """Whether the trained model folds into a plain backbone checkpoint."""
+    return all(e.mergeable for e in self.extensions())
 
   def trainable_mask(self, ctx: MethodContext) -> partition.FlatMask:
     return partition.mask_from_predicate(ctx.params, lambda k, _: partition.is_head(k))
@@ -56,6 +82,13 @@ class Method:
     """Adds the classifier head to a mask."""
     head = partition.mask_from_predicate(params, lambda k, _: partition.is_head(k))
     return partition.union(mask, head)
+
+  def resume_state(self) -> dict[str, Any]:
+    """JSON-able state a resumed run must reuse instead of recomputing."""
+    return {}
+
+  def restore(self, state: dict[str, Any]) -> None:
+    """Takes back `resume_state()` from the run's checkpoint."""
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -68,6 +101,19 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def available_methods() -> list[str]:
   return sorted(_METHODS)
+
+
+def method_config_blocks() -> dict[str, ml_collections.ConfigDict]:
+  """Every registered method's config blocks (a block name belongs to one method)."""
+  blocks: dict[str, ml_collections.ConfigDict] = {}
+  owner: dict[str, str] = {}
+  for name in available_methods():
+    for block, value in _METHODS[name].default_config().items():
+      if block in blocks:
+        raise ValueError(f"config block {block!r} is claimed by methods {owner[block]!r} "
+                         f"and {name!r}")
+      blocks[block], owner[block] = value, name
+  return blocks
 
 
 def get_method(config: ml_collections.ConfigDict) -> Method:

@@ -2,23 +2,29 @@
 
 `heat.tune = 'head_weights'`: the selected heads' q/k/v kernel and bias slices and
 their out-kernel slices train (element masks inside the optimizer), plus the head.
-`heat.tune = 'lora'` (Heart-LoRA): LoRA on q and v; only the LoRA `b` columns of
-selected heads (and `a` of layers with any selected head) train, so unselected heads
-get no update. See ../shared/reference/heat.md.
+`heat.tune = 'lora'` (Heart-LoRA): LoRA on q and v (`lora.*`) whose update is masked
+per head in the forward pass (a fixed 0/1 factor), so unselected heads get no update
+whatever the factors hold; only the LoRA `b` columns of selected heads (and `a` of
+layers with any selected head) count as trainable. See ../shared/reference/heat.md.
+
+The selection is computed once per run; a resumed run takes it back from its
+training checkpoint (`resume_state` / `restore`), never from loose workdir files.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
+import ml_collections
 import numpy as np
 
 from heat_jax.errors import ConfigError
 from heat_jax.methods.base import Method, MethodContext, register_method
 from heat_jax.methods.lora import lora_spec
 from heat_jax.models import head_layout
+from heat_jax.models.extensions import Extension
 from heat_jax.models.attention_paths import attention_paths, get_subtree
 from heat_jax.training import partition
 
@@ -86,24 +92,56 @@ class Heat(Method):
 
   def __init__(self, config):
     super().__init__(config)
-    if config.heat.tune not in TUNES:
-      raise ConfigError(f"config.heat.tune={config.heat.tune!r} is not one of {TUNES}")
+    self.selected: Optional[np.ndarray] = None
 
-  def model_overrides(self) -> dict[str, Any]:
+  @classmethod
+  def default_config(cls) -> dict[str, ml_collections.ConfigDict]:
+    imp = ml_collections.ConfigDict()
+    imp.strategy = "head"               # qkv | out | head | gate
+    imp.num_batches = 0                 # 0 = every training batch of one epoch
+    imp.normalize = "none"              # none | layer
+    imp.batch_size = 32
+    heat = ml_collections.ConfigDict()
+    heat.scope = "global"               # global | layer
+    heat.budget = 0.5                   # count (>= 1) or fraction (0 < b < 1) of heads kept
+    heat.deactivate = -1.0              # paper form: heads NOT adapted, count or fraction (-1 = off)
+    heat.select = "top"                 # top | bottom | random
+    heat.tune = "head_weights"          # head_weights | lora (Heart-LoRA, uses lora.*)
+    heat.select_seed = 0
+    return {"importance": imp, "heat": heat}
+
+  def validate(self) -> None:
+    if self.config.heat.tune not in TUNES:
+      raise ConfigError(f"config.heat.tune={self.config.heat.tune!r} is not one of {TUNES}")
+    super().validate()
+
+  def extensions(self) -> tuple[Extension, ...]:
     if self.config.heat.tune == "lora":
-      return {"lora": lora_spec(self.config.lora)}
-    return {}
+      return (lora_spec(self.config.lora),)
+    return ()
+
+  def trained_extensions(self) -> tuple[Extension, ...]:
+    if self.config.heat.tune == "lora" and self.selected is not None:
+      return (lora_spec(self.config.lora, head_mask=self.selected),)
+    return self.extensions()
+
+  def resume_state(self) -> dict[str, Any]:
+    return {} if self.selected is None else {"selected": self.selected.tolist()}
+
+  def restore(self, state: dict[str, Any]) -> None:
+    if "selected" in state:
+      self.selected = np.asarray(state["selected"], bool)
+      self.info["selection_restored"] = True
 
   def select(self, ctx: MethodContext) -> np.ndarray:
     """Computes TIS on the training data and selects heads (saved to the workdir)."""
     from heat_jax import importance  # the scoring stack is only needed here
     layout = head_layout(ctx.model)
-    heads_file = os.path.join(ctx.workdir, "heads.npy") if ctx.workdir else None
-    if heads_file and self.config.train.resume and os.path.exists(heads_file):
-      selected = np.load(heads_file, allow_pickle=False)
-      if selected.shape == layout.shape:
-        self.info["selection_reused"] = True
-        return selected
+    if self.selected is not None:
+      if self.selected.shape != layout.shape:
+        raise ConfigError(f"the checkpoint's head selection has shape "
+                          f"{self.selected.shape}, the model {layout.shape}")
+      return self.selected
     if ctx.task is None:
       raise ConfigError("heat needs training data to score heads")
     imp, h = self.config.importance, self.config.heat
@@ -112,7 +150,7 @@ class Heat(Method):
     params, replaced = scoring_params(ctx.params, int(self.config.seed))
     scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
                                     num_batches=imp.num_batches or None,
-                                    normalize=imp.normalize)
+                                    normalize=imp.normalize, model_state=ctx.model_state)
     if not np.any(scores[layout.valid]):
       raise ConfigError("all head importance scores are 0 (no gradient reaches the "
                         "attention heads), so HEAT cannot rank the heads")
@@ -130,10 +168,12 @@ class Heat(Method):
       importance.plot_importance(os.path.join(ctx.workdir, "importance.png"), scores,
                                  selected, valid=layout.valid,
                                  title=f"TIS ({imp.strategy}), {h.select} heads kept")
+    self.selected = selected
     return selected
 
   def trainable_mask(self, ctx: MethodContext) -> partition.FlatMask:
     selected = self.select(ctx)
+    self.info.setdefault("heads_selected", int(selected.sum()))
     if self.config.heat.tune == "lora":
       mask = head_lora_mask(ctx.params, selected)
     else:

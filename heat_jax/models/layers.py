@@ -8,75 +8,21 @@ vit_jax checkpoints store them:
 
 so per-head gates, Taylor scores, masks and LoRA index one axis without reshaping.
 Every submodule is named explicitly: adding a module can never renumber another.
+PETL methods change these blocks only through `heat_jax.models.extensions` hooks.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from heat_jax.models.extensions import Hooks, Site
+
 Array = jax.Array
 Dtype = Any
-
-# Names of parameter sub-trees that PETL methods add to a pretrained model. Loading a
-# checkpoint initialises these fresh instead of reporting them as missing.
-EXTENSION_NAMES = ("lora_query", "lora_key", "lora_value", "lora_out", "adapter",
-                   "adapter_attn", "adapter_mlp", "vpt_prompts", "kadapt", "side")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraSpec:
-  """LoRA on attention projections: delta = (alpha / rank) * B(A(dropout(x)))."""
-
-  rank: int = 8
-  alpha: float = 8.0
-  dropout: float = 0.0
-  targets: tuple[str, ...] = ("query", "value")
-
-
-@dataclasses.dataclass(frozen=True)
-class AdapterSpec:
-  """Bottleneck adapters: `parallel` (AdaptFormer, beside the MLP) or `serial` (Houlsby)."""
-
-  dim: int = 8
-  style: str = "parallel"
-  scale: float = 1.0
-  use_bias: bool = True
-  dropout: float = 0.0
-
-  def __post_init__(self):
-    if self.style not in ("parallel", "serial"):
-      raise ValueError(f"unknown adapter style {self.style!r}; use parallel or serial")
-
-
-class LoraDelta(nn.Module):
-  """Low-rank update in the per-head layout: a [in, rank], b [rank, heads, head_dim].
-
-  `b` is zero-initialised so the model is unchanged at step 0. Head h owns b[:, h, :],
-  so masking LoRA per head (Heart-LoRA) is a mask on axis 1 of `b`.
-  """
-
-  features: tuple[int, ...]
-  spec: LoraSpec
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    a = self.param("a", nn.initializers.he_uniform(), (x.shape[-1], self.spec.rank),
-                   self.param_dtype)
-    b = self.param("b", nn.initializers.zeros, (self.spec.rank, *self.features),
-                   self.param_dtype)
-    if self.spec.dropout > 0:
-      x = nn.Dropout(self.spec.dropout, name="dropout")(x, deterministic=deterministic)
-    h = jnp.einsum("...d,dr->...r", x, a.astype(x.dtype))
-    # Contract the rank axis with b's first axis; keep b's remaining (head) axes.
-    delta = jnp.tensordot(h, b.astype(x.dtype), axes=((h.ndim - 1,), (0,)))
-    return delta * (self.spec.alpha / self.spec.rank)
-
 
 class MultiHeadAttention(nn.Module):
   """Multi-head attention with the explicit per-head parameter layout.
@@ -85,13 +31,11 @@ class MultiHeadAttention(nn.Module):
     num_heads: number of heads.
     out_features: width of the output (defaults to the input width).
     attention_dropout: dropout on the attention probabilities.
-    lora: optional LoRA spec (adds `lora_<target>` subtrees).
   """
 
   num_heads: int
   out_features: Optional[int] = None
   attention_dropout: float = 0.0
-  lora: Optional[LoraSpec] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.xavier_uniform()
@@ -99,13 +43,15 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, gate: Optional[Array] = None,
                attention_bias: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, hooks: Optional[Hooks] = None,
+               site: Optional[Site] = None) -> Array:
     """Self-attention over x [..., tokens, width].
 
     Args:
       gate: optional [heads] multiplier of each head's output before `out`.
       attention_bias: optional additive bias broadcastable to [..., heads, q, k]
         (Swin's relative position bias and shift mask).
+      hooks, site: extensions' `project` hook runs after each of query/key/value.
     """
     width = x.shape[-1]
     if width % self.num_heads:
@@ -117,10 +63,9 @@ class MultiHeadAttention(nn.Module):
       y = nn.DenseGeneral((self.num_heads, head_dim), axis=-1, dtype=self.dtype,
                           param_dtype=self.param_dtype, kernel_init=self.kernel_init,
                           name=name)(x)
-      if self.lora is not None and name in self.lora.targets:
-        y = y + LoraDelta((self.num_heads, head_dim), self.lora, self.param_dtype,
-                          name=f"lora_{name}")(x, deterministic)
-      return y
+      if hooks is None or site is None:
+        return y
+      return hooks.project(self, site, name, x, y, deterministic)
 
     q, k, v = proj("query"), proj("key"), proj("value")
     q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
@@ -162,27 +107,6 @@ class MlpBlock(nn.Module):
     x = nn.Dense(out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                  name=self.dense_names[1], **init)(x)
     return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-
-
-class Adapter(nn.Module):
-  """Bottleneck adapter: scale * up(relu(down(x))), `up` zero-initialised."""
-
-  spec: AdapterSpec
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    h = nn.Dense(self.spec.dim, use_bias=self.spec.use_bias, dtype=self.dtype,
-                 param_dtype=self.param_dtype,
-                 kernel_init=nn.initializers.he_uniform(), name="down")(x)
-    h = nn.relu(h)
-    if self.spec.dropout > 0:
-      h = nn.Dropout(self.spec.dropout)(h, deterministic=deterministic)
-    h = nn.Dense(x.shape[-1], use_bias=self.spec.use_bias, dtype=self.dtype,
-                 param_dtype=self.param_dtype, kernel_init=nn.initializers.zeros,
-                 name="up")(h)
-    return h * self.spec.scale
 
 
 class DropPath(nn.Module):

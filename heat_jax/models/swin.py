@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heat_jax.models import layers
+from heat_jax.models.extensions import Extension, Hooks, Site, Tokens
 
 Array = jax.Array
 MASK_VALUE = -100.0  # timm / Microsoft value between tokens of different regions
@@ -109,7 +110,8 @@ class WindowAttention(layers.MultiHeadAttention):
 
   @nn.compact
   def __call__(self, x: Array, *, gate: Optional[Array] = None,  # type: ignore[override]
-               mask: Optional[np.ndarray] = None, deterministic: bool = True) -> Array:
+               mask: Optional[np.ndarray] = None, deterministic: bool = True,
+               hooks: Optional[Hooks] = None, site: Optional[Site] = None) -> Array:
     wh, ww = self.window
     table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
                        ((2 * wh - 1) * (2 * ww - 1), self.num_heads), self.param_dtype)
@@ -117,7 +119,8 @@ class WindowAttention(layers.MultiHeadAttention):
     bias = jnp.transpose(table[index], (2, 0, 1)).astype(jnp.float32)  # [H, N, N]
     if mask is not None:
       bias = bias[None] + jnp.asarray(mask)[:, None]  # [nW, H, N, N]
-    return super().__call__(x, gate=gate, attention_bias=bias, deterministic=deterministic)
+    return super().__call__(x, gate=gate, attention_bias=bias, deterministic=deterministic,
+                            hooks=hooks, site=site)
 
 
 class SwinBlock(nn.Module):
@@ -132,14 +135,13 @@ class SwinBlock(nn.Module):
   shift: int = 0
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0
-  lora: Optional[layers.LoraSpec] = None
-  adapter: Optional[layers.AdapterSpec] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, gate: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, hooks: Optional[Hooks] = None,
+               site: Optional[Site] = None) -> Array:
     b, h, w, c = x.shape
     norm = dict(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
     drop_path = layers.DropPath(self.drop_path_rate)
@@ -153,29 +155,23 @@ class SwinBlock(nn.Module):
       y = jnp.pad(y, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
     hp, wp = h + pad_h, w + pad_w
     mask = shift_window_mask(hp, wp, win, shift) if any(shift) else None
-    y = WindowAttention(num_heads=self.num_heads, window=win, lora=self.lora,
+    y = WindowAttention(num_heads=self.num_heads, window=win,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="attn")(
                             window_partition(y, win), gate=gate, mask=mask,
-                            deterministic=deterministic)
+                            deterministic=deterministic, hooks=hooks, site=site)
     y = window_merge(y, win, hp, wp)[:, :h, :w]
     if any(shift):
       y = jnp.roll(y, shift, axis=(1, 2))
-    adapter = self.adapter
-    if adapter is not None and adapter.style == "serial":
-      y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter_attn")(
-          y, deterministic)
+    if hooks is not None:
+      y = hooks.branch(self, site, "attention", x, y, deterministic)
     x = x + drop_path(y, deterministic)
 
     y = nn.LayerNorm(name="norm2", **norm)(x)
     y = layers.MlpBlock(int(c * self.mlp_ratio), approximate_gelu=False, dtype=self.dtype,
                         param_dtype=self.param_dtype, dense_names=("fc1", "fc2"),
                         name="mlp")(y, deterministic)
-    if adapter is not None and adapter.style == "serial":
-      y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter_mlp")(
-          y, deterministic)
-    elif adapter is not None:
-      y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter")(
-          x, deterministic)
+    if hooks is not None:
+      y = hooks.branch(self, site, "mlp", x, y, deterministic)
     return x + drop_path(y, deterministic)
 
 
@@ -229,14 +225,14 @@ class SwinStage(nn.Module):
   downsample: bool
   mlp_ratio: float = 4.0
   drop_path_rates: tuple[float, ...] = ()
-  lora: Optional[layers.LoraSpec] = None
-  adapter: Optional[layers.AdapterSpec] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, gates: Optional[Array], deterministic: bool,
-               return_block_tokens: bool = False) -> tuple[Array, list[Array]]:
+               hooks: Optional[Hooks] = None, sites: tuple[Site, ...] = ()
+               ) -> tuple[Array, list[Array]]:
+    """Returns the stage output [B, h, w, C] and every block's tokens [B, h * w, C]."""
     if self.downsample:
       x = PatchMerging(self.dim, self.dtype, self.param_dtype, name="downsample")(x)
     rates = self.drop_path_rates or (0.0,) * self.depth
@@ -245,11 +241,11 @@ class SwinStage(nn.Module):
       x = SwinBlock(
           num_heads=self.num_heads, window=self.window,
           shift=0 if i % 2 == 0 else self.window // 2, mlp_ratio=self.mlp_ratio,
-          drop_path_rate=rates[i], lora=self.lora, adapter=self.adapter, dtype=self.dtype,
+          drop_path_rate=rates[i], dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"blocks_{i}")(
-              x, None if gates is None else gates[i], deterministic)
-      if return_block_tokens:
-        tokens.append(x.reshape(x.shape[0], -1, x.shape[-1]))
+              x, None if gates is None else gates[i], deterministic, hooks,
+              sites[i] if sites else None)
+      tokens.append(x.reshape(x.shape[0], -1, x.shape[-1]))
     return x, tokens
 
 
@@ -275,8 +271,7 @@ class Swin(nn.Module):
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.0
   head_init: str = "zeros"
-  lora: Optional[layers.LoraSpec] = None
-  adapter: Optional[layers.AdapterSpec] = None
+  extensions: tuple[Extension, ...] = ()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -298,29 +293,39 @@ class Swin(nn.Module):
     p = self.patch_size
     if h % p or w % p:
       raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+    hooks = Hooks.build(self, self.extensions, self.family)
     x = PatchEmbed(p, self.embed_dim, self.dtype, self.param_dtype, name="patch_embed")(images)
 
     rates = layers.drop_path_rates(self.drop_path_rate, len(per_block))
     block_tokens: list[Array] = []
+    grids: list[tuple[int, int]] = []
     start = 0
     for s, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
       gates = None if head_gates is None else head_gates[start:start + depth, :heads]
+      dim = self.embed_dim * 2 ** s
+      sites = tuple(Site(layer=start + i, num_heads=heads, head_dim=dim // heads, width=dim,
+                         family="swin", num_layers=len(per_block), stage=s)
+                    for i in range(depth))
       x, tokens = SwinStage(
-          dim=self.embed_dim * 2 ** s, depth=depth, num_heads=heads,
+          dim=dim, depth=depth, num_heads=heads,
           window=self.window_size, downsample=s > 0, mlp_ratio=self.mlp_ratio,
-          drop_path_rates=tuple(rates[start:start + depth]), lora=self.lora,
-          adapter=self.adapter, dtype=self.dtype, param_dtype=self.param_dtype,
-          name=f"layers_{s}")(x, gates, deterministic, return_block_tokens)
+          drop_path_rates=tuple(rates[start:start + depth]), dtype=self.dtype,
+          param_dtype=self.param_dtype, name=f"layers_{s}")(
+              x, gates, deterministic, hooks, sites)
       block_tokens.extend(tokens)
+      grids.extend([tuple(x.shape[1:3])] * depth)
       start += depth
 
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="norm")(x)
     x = jnp.mean(x, axis=(1, 2))
-    head_init = (nn.initializers.zeros if self.head_init == "zeros"
-                 else nn.initializers.lecun_normal())
-    logits = nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="head")(x)
+    logits = hooks.head(self, x, Tokens(tuple(block_tokens), 0, tuple(grids)),
+                        self.num_classes, train)
+    if logits is None:
+      head_init = (nn.initializers.zeros if self.head_init == "zeros"
+                   else nn.initializers.lecun_normal())
+      logits = nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="head")(x)
     logits = logits.astype(jnp.float32)
     if return_block_tokens:
       return logits, tuple(block_tokens)

@@ -13,13 +13,12 @@ In-memory parameter names (Linen, as vit_jax uses after `convert_pre_linen`):
   pre_logits                                   (only with representation_size)
   head
 
-Every name is pinned explicitly. PETL extensions (LoRA, adapters, VPT prompts) add
-subtrees with their own names (see `layers.EXTENSION_NAMES`).
+Every name is pinned explicitly. PETL methods change the model only through
+`extensions` (see `heat_jax.models.extensions`), which add subtrees with their own names.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -27,16 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from heat_jax.models import layers
+from heat_jax.models.extensions import Extension, Hooks, Site, Tokens
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class VptSpec:
-  """Visual prompt tuning: `num_tokens` prompts, `shallow` (input only) or `deep`."""
-
-  num_tokens: int = 10
-  mode: str = "shallow"
 
 
 class EncoderBlock(nn.Module):
@@ -49,38 +41,32 @@ class EncoderBlock(nn.Module):
   drop_path_rate: float = 0.0
   approximate_gelu: bool = True
   layer_norm_eps: float = 1e-6
-  lora: Optional[layers.LoraSpec] = None
-  adapter: Optional[layers.AdapterSpec] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, gate: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, hooks: Optional[Hooks] = None,
+               site: Optional[Site] = None) -> Array:
     norm = dict(epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
     drop_path = layers.DropPath(self.drop_path_rate)
     y = nn.LayerNorm(name="LayerNorm_0", **norm)(x)
     y = layers.MultiHeadAttention(
         num_heads=self.num_heads, attention_dropout=self.attention_dropout_rate,
-        lora=self.lora, dtype=self.dtype, param_dtype=self.param_dtype,
-        name="MultiHeadDotProductAttention_0")(y, gate=gate, deterministic=deterministic)
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        name="MultiHeadDotProductAttention_0")(y, gate=gate, deterministic=deterministic,
+                                               hooks=hooks, site=site)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    adapter = self.adapter
-    if adapter is not None and adapter.style == "serial":
-      y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter_attn")(
-          y, deterministic)
+    if hooks is not None:
+      y = hooks.branch(self, site, "attention", x, y, deterministic)
     x = x + drop_path(y, deterministic)
 
     y = nn.LayerNorm(name="LayerNorm_1", **norm)(x)
     y = layers.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate,
                         approximate_gelu=self.approximate_gelu, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="MlpBlock_0")(y, deterministic)
-    if adapter is not None and adapter.style == "serial":
-      y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter_mlp")(
-          y, deterministic)
-    elif adapter is not None:
-      y = y + layers.Adapter(adapter, self.dtype, self.param_dtype, name="adapter")(
-          x, deterministic)
+    if hooks is not None:
+      y = hooks.branch(self, site, "mlp", x, y, deterministic)
     return x + drop_path(y, deterministic)
 
 
@@ -92,6 +78,7 @@ class ViT(nn.Module):
     head_gates: optional [num_layers, num_heads]; multiplies each head's output before
       the out projection (ones = plain model, zero removes the head exactly).
     return_block_tokens: also return a tuple with every block's output tokens.
+  `extensions`: PETL extension specs (`heat_jax.models.extensions`).
   """
 
   num_classes: int
@@ -109,9 +96,7 @@ class ViT(nn.Module):
   approximate_gelu: bool = True
   layer_norm_eps: float = 1e-6
   head_init: str = "zeros"
-  lora: Optional[layers.LoraSpec] = None
-  adapter: Optional[layers.AdapterSpec] = None
-  vpt: Optional[VptSpec] = None
+  extensions: tuple[Extension, ...] = ()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -132,9 +117,11 @@ class ViT(nn.Module):
     p = self.patch_size
     if h % p or w % p:
       raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+    hooks = Hooks.build(self, self.extensions, self.family)
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID",
                 dtype=self.dtype, param_dtype=self.param_dtype, name="embedding")(
                     images.astype(self.dtype))
+    grid = (h // p, w // p)
     x = x.reshape(b, -1, self.hidden_size)
     if self.classifier == "token":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size),
@@ -146,24 +133,25 @@ class ViT(nn.Module):
         num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         drop_path_rate=self.drop_path_rate, approximate_gelu=self.approximate_gelu,
-        layer_norm_eps=self.layer_norm_eps, lora=self.lora, adapter=self.adapter,
-        vpt=self.vpt, num_prefix=num_prefix, dtype=self.dtype,
+        layer_norm_eps=self.layer_norm_eps, num_prefix=num_prefix, dtype=self.dtype,
         param_dtype=self.param_dtype, name="Transformer")(
-            x, head_gates, deterministic, return_block_tokens)
+            x, head_gates, deterministic, hooks)
 
     if self.classifier == "token":
       x = x[:, 0]
-    else:
-      num_prompts = self.vpt.num_tokens if self.vpt is not None else 0
-      x = jnp.mean(x[:, num_prompts:], axis=1)
+    else:  # the patch tokens are the last ones, after any extension tokens
+      x = jnp.mean(x[:, -grid[0] * grid[1]:], axis=1)
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="pre_logits")(x)
       x = jnp.tanh(x)
-    head_init = (nn.initializers.zeros if self.head_init == "zeros"
-                 else nn.initializers.lecun_normal())
-    logits = nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="head")(x)
+    logits = hooks.head(self, x, Tokens(block_tokens, num_prefix, (grid,) * self.num_layers),
+                        self.num_classes, train)
+    if logits is None:
+      head_init = (nn.initializers.zeros if self.head_init == "zeros"
+                   else nn.initializers.lecun_normal())
+      logits = nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="head")(x)
     logits = logits.astype(jnp.float32)
     if return_block_tokens:
       return logits, block_tokens
@@ -181,54 +169,32 @@ class Encoder(nn.Module):
   drop_path_rate: float = 0.0
   approximate_gelu: bool = True
   layer_norm_eps: float = 1e-6
-  lora: Optional[layers.LoraSpec] = None
-  adapter: Optional[layers.AdapterSpec] = None
-  vpt: Optional[VptSpec] = None
   num_prefix: int = 1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, head_gates: Optional[Array], deterministic: bool,
-               return_block_tokens: bool = False):
+               hooks: Hooks) -> tuple[Array, tuple[Array, ...]]:
+    """Returns the normalised final tokens and every block's (unnormalised) output."""
     d = x.shape[-1]
     pos = PositionEmbedding(self.param_dtype, name="posembed_input")(x)
     x = x + pos.astype(x.dtype)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
-    prompts = None
-    if self.vpt is not None:
-      if self.vpt.mode not in ("shallow", "deep"):
-        raise ValueError(f"vpt mode must be shallow or deep, got {self.vpt.mode!r}")
-      n_sets = self.num_layers if self.vpt.mode == "deep" else 1
-      prompts = self.param("vpt_prompts", nn.initializers.xavier_uniform(
-          in_axis=-1, out_axis=-2, batch_axis=(0,)), (n_sets, self.vpt.num_tokens, d),
-                           self.param_dtype)
-
-    def insert_prompts(x: Array, i: int) -> Array:
-      p = jnp.broadcast_to(prompts[i].astype(x.dtype), (x.shape[0], *prompts.shape[1:]))
-      k = self.num_prefix
-      if i == 0:
-        return jnp.concatenate([x[:, :k], p, x[:, k:]], axis=1)
-      n = self.vpt.num_tokens
-      return jnp.concatenate([x[:, :k], p, x[:, k + n:]], axis=1)
-
-    if prompts is not None:
-      x = insert_prompts(x, 0)
     rates = layers.drop_path_rates(self.drop_path_rate, self.num_layers)
     block_tokens = []
     for i in range(self.num_layers):
-      if prompts is not None and self.vpt.mode == "deep" and i > 0:
-        x = insert_prompts(x, i)
+      site = Site(layer=i, num_heads=self.num_heads, head_dim=d // self.num_heads, width=d,
+                  family="vit", num_layers=self.num_layers)
+      x = hooks.tokens(self, site, x, self.num_prefix, deterministic)
       x = EncoderBlock(
           num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate, drop_path_rate=rates[i],
           approximate_gelu=self.approximate_gelu, layer_norm_eps=self.layer_norm_eps,
-          lora=self.lora, adapter=self.adapter, dtype=self.dtype,
-          param_dtype=self.param_dtype, name=f"encoderblock_{i}")(
-              x, None if head_gates is None else head_gates[i], deterministic)
-      if return_block_tokens:
-        block_tokens.append(x)
+          dtype=self.dtype, param_dtype=self.param_dtype, name=f"encoderblock_{i}")(
+              x, None if head_gates is None else head_gates[i], deterministic, hooks, site)
+      block_tokens.append(x)
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="encoder_norm")(x)
     return x, tuple(block_tokens)

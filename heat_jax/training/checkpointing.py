@@ -1,8 +1,9 @@
 """Resumable train-state checkpoints (orbax-checkpoint), behind a thin interface.
 
-Only the trainable tree, the optimizer state, the step and the rng are saved (the
-frozen backbone is the pretrained file), plus a JSON `meta` item (config fingerprint,
-evaluation history, elapsed time).
+Only the trainable tree, the model state (e.g. batch statistics), the optimizer state,
+the step and the rng are saved (the frozen backbone is the pretrained file), plus a
+JSON `meta` item (config fingerprint, evaluation history, elapsed time, the method's
+resume state).
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class TrainCheckpointer:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self._manager.wait_until_finished()
+
+  def restore_meta(self, step: int) -> dict:
+    """The JSON `meta` item of a checkpoint, without reading its arrays."""
+    out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out["meta"])
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict]:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)

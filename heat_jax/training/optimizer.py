@@ -46,15 +46,20 @@ def weight_decay_mask(trainable: Any, rule: str) -> Any:
   return partition.unflatten(out)
 
 
-def multiply_by_mask(masks: Any) -> optax.GradientTransformation:
-  """Zeroes updates where a (broadcasting) 0/1 mask tree is 0; stateless.
+def mask_tree(tree: Any, masks: Any) -> Any:
+  """`tree` with elements where the (broadcasting) 0/1 mask tree is 0 set to zero.
 
   Uses `where`, not a product, so a NaN/inf in a masked-out element cannot leak.
   """
+  return jax.tree.map(lambda u, m: _where(m, u, jnp.zeros_like(u)), tree, masks)
+
+
+def multiply_by_mask(masks: Any) -> optax.GradientTransformation:
+  """Zeroes updates where a (broadcasting) 0/1 mask tree is 0; stateless."""
 
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, m: _where(m, u, jnp.zeros_like(u)), updates, masks), state
+    return mask_tree(updates, masks), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 

@@ -1,15 +1,17 @@
 """The training engine: jitted, donated train step over a data-parallel mesh.
 
-`Trainer` owns the train state {step, params (trainable tree), opt_state, rng}; the
-frozen tree is an argument of the step (never a compiled-in constant, never
-differentiated). Batches are sharded over a `jax.sharding.Mesh` of all local devices
-along 'data'; parameters are replicated; XLA inserts the gradient all-reduce.
+`Trainer` owns the train state {step, params (trainable tree), model_state (mutable
+collections such as `batch_stats`), opt_state, rng}; the frozen tree is an argument of
+the step (never a compiled-in constant, never differentiated). Batches are sharded over
+a `jax.sharding.Mesh` of all local devices along 'data'; parameters and model state are
+replicated; XLA inserts the gradient all-reduce. Evaluation gets a predict function
+from here (`heat_jax.evaluation` imports nothing from training).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import flax.linen as nn
 import jax
@@ -20,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from heat_jax import losses
 from heat_jax.evaluation import evaluate, make_eval_step
+from heat_jax.models.apply import apply_model
 from heat_jax.training import optimizer, partition
 
 State = dict[str, Any]
@@ -43,6 +46,7 @@ class Trainer:
   total_steps: int
   steps_per_epoch: int
   seed: int = 0
+  model_state: Optional[dict] = None
 
   def __post_init__(self):
     partition.check_mask(self.params, self.mask)
@@ -57,12 +61,13 @@ class Trainer:
     self.frozen = jax.device_put(frozen, self.replicated)
     self._init_trainable = trainable
     self._train_step = jax.jit(self._step, donate_argnums=(0,))
-    self._eval_step = make_eval_step(self.model)
+    self._eval_step = make_eval_step(self.predict)
 
   def initial_state(self) -> State:
     trainable = jax.device_put(self._init_trainable, self.replicated)
     rng = jax.random.key_data(jax.random.key(self.seed))
     state = {"step": jnp.zeros((), jnp.int32), "params": trainable,
+             "model_state": dict(self.model_state or {}),
              "opt_state": self.tx.init(trainable), "rng": rng}
     return jax.device_put(state, self.replicated)
 
@@ -78,29 +83,46 @@ class Trainer:
 
     def loss_fn(trainable):
       params = partition.merge(trainable, frozen)
-      logits = self.model.apply({"params": params}, batch["image"], train=True,
-                                rngs={"dropout": step_rng})
-      return losses.masked_cross_entropy(logits, batch["label"], batch["mask"])
+      logits, model_state = apply_model(self.model, params, state["model_state"],
+                                        batch["image"], train=True, rng=step_rng)
+      loss = losses.masked_cross_entropy(logits, batch["label"], batch["mask"])
+      return loss, model_state
 
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optimizer.apply_masked_updates(state["params"], updates, self.masks)
-    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                 "rng": state["rng"]}
-    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state,
+                 "opt_state": opt_state, "rng": state["rng"]}
+    # The norm of the gradient that is applied (masked-out elements excluded).
+    applied = optimizer.mask_tree(grads, self.masks)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(applied)))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     return new_state, {"loss": loss, "grad_norm": grad_norm,
-                       "lr": self.schedule(state["step"])}
+                       "lr": self.schedule(state["step"]), "finite": finite}
+
+  def predict(self, args: dict, images: jax.Array) -> jax.Array:
+    """Eval-mode logits; `args` = {'params', 'frozen', 'model_state'} (see `eval_args`)."""
+    params = partition.merge(args["params"], args["frozen"])
+    return apply_model(self.model, params, args["model_state"], images, train=False)[0]
+
+  def eval_args(self, state: State) -> dict:
+    return {"params": state["params"], "frozen": self.frozen,
+            "model_state": state["model_state"]}
 
   def train_step(self, state: State, batch: dict) -> tuple[State, dict]:
     return self._train_step(state, self.frozen, self.put_batch(batch))
 
   def evaluate(self, state: State, split, batch_size: int) -> dict[str, float]:
-    return evaluate(self._eval_step, state["params"], self.frozen, split, batch_size,
+    return evaluate(self._eval_step, self.eval_args(state), split, batch_size,
                     put_batch=self.put_batch)
 
   def full_params(self, state: State) -> dict:
     """The complete parameter tree (host numpy) for the current state."""
     return jax.device_get(partition.merge(state["params"], self.frozen))
+
+  def full_model_state(self, state: State) -> dict:
+    """The model state (host numpy) of the current state."""
+    return jax.device_get(state["model_state"])
 
 
 def epoch_batches(split, batch_size: int, *, seed: int, epoch: int, skip: int = 0
