@@ -1,65 +1,98 @@
-"""VTAB-1k sweeps and the results table.
+"""VTAB-1k sweeps, run in parallel, and the results table.
 
-  python -m heat_jax.sweep --tasks=dtd,svhn --methods=heat,lora --seeds=0,1,2 \\
-      --workdir=DIR [--config_args=rank=4,epochs=50] [--collect_only]
+  python -m heat_jax.sweep --tasks=all --methods=heat,lora --seeds=0,1,2 --workdir=DIR \\
+      [--parallel=8] [--config_args=rank=4,epochs=50] [--config=configs/vtab.py]
+  python -m heat_jax.sweep --workdir=DIR --collect_only      # only rebuild the tables
 
-Each (task, method, seed) runs `heat_jax.experiment.run(config, DIR/<task>/<method>/seed<k>)`
-with `configs/vtab.py:<task>,method=<m>,seed=<k>,<config_args>`; runs whose results.json
-exists are skipped. `collect(DIR)` then writes DIR/results.csv and DIR/results.md.
-The run directory does not encode config_args: use one DIR per setting (e.g. per rank,
-or for `tune=True` searches).
+Every (task, method, seed) is one job in its own process, exactly the command a user
+would type:
 
-results.json (one per run) holds at least: task, method, seed, test_top1 (final epoch),
-best_test_top1, val_top1 (or null), trainable_params, trainable_params_no_head,
-wall_time_s. Accuracies are fractions in [0, 1]; the tables show percentages.
+  python run.py --config=<config>:task=<task>,method=<method>,<config_args> \\
+      --config.seed=<seed> --workdir=DIR/<task>/<method>/seed<seed>
+
+with its output appended to DIR/<task>/<method>/seed<seed>/log.txt. Up to --parallel
+jobs run at once: on a GPU host each job sees its own share of the visible GPUs
+(CUDA_VISIBLE_DEVICES; --parallel=8 on 8 GPUs = one GPU per job), on a CPU host they
+share the cores. A TPU VM runs one job at a time over all its chips (--parallel=1);
+to use several TPU hosts, run one sweep per host on disjoint --tasks.
+
+Rerunning the same command skips finished jobs (results.json exists), resumes interrupted
+ones from their checkpoints and retries failed ones. A failed job leaves failed.json
+(its one-line error) in its run dir until it succeeds; results.md lists it. The exit
+code is 0 when every job finished, 1 when some failed, 2 for bad flags or configs.
+
+--config picks the config file (default configs/vtab.py); the job's task and method go
+into its `:args` and the seed into `config.seed`, so any config built on
+`configs.common.base_config` with `task` and `method` arguments works, e.g.
+configs/smoke.py (a random ViT-micro on synthetic tasks, seconds per job):
+
+  python -m heat_jax.sweep --config=configs/smoke.py --tasks=texture,count \\
+      --methods=heat,linear --seeds=0 --workdir=/tmp/smoke_sweep --parallel=2
+
+`--tasks` accepts `all` and the group names natural, specialized and structured (the
+VTAB-1k task ids); task ids are checked against VTAB-1k only for configs/vtab.py.
+The run directory does not encode --config_args: use one DIR per setting.
+
+The tables come from `heat_jax.sweep_table.collect`.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
+import collections
 import dataclasses
-import io
-import json
-import logging
-import math
+import datetime
+import glob
+import importlib.util
+import os
+import shlex
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-import numpy as np
+from absl import app, flags
 
-from heat_jax.data.vtab_tasks import GROUP_SHORT, GROUPS, TASK_NAMES, TASKS, tasks_in_group
-from heat_jax.errors import ConfigError, DataError, UserError
-from heat_jax.io_utils import write_text
+from heat_jax.data.vtab_tasks import GROUPS, TASK_NAMES, TASKS, tasks_in_group
+from heat_jax.errors import ConfigError, UserError
+from heat_jax.io_utils import write_json
+from heat_jax.sweep_table import FAILED_FILE, LOG_FILE, RESULTS_FILE, collect
 
-RESULTS_FILE = "results.json"
-REQUIRED_KEYS = ("task", "method", "seed", "test_top1")
-METRICS = {
-    "test_top1": "Final test top-1 (VTAB protocol: last epoch)",
-    "best_test_top1": "Best test top-1 over epochs (test-set selection, as most PETL papers)",
-    "val_selected_test_top1": "Test top-1 at the best validation epoch (runs with a val split)",
-    "val_top1": "Validation top-1 (final epoch)",
-}
+DEFAULT_CONFIG = "configs/vtab.py"
 Runner = Callable[[Any, str], Any]
+# Exit codes of a job that was interrupted (SIGINT; run.py's KeyboardInterrupt exit) rather
+# than failed: it resumes from its checkpoints when the sweep is rerun.
+INTERRUPTED = (130, -signal.SIGINT)
+# How long an interrupted job may take to write its checkpoint and exit before it is killed.
+STOP_GRACE_S = 60.0
 
 
-# ----------------------------------------------------------------------------- running
+# ----------------------------------------------------------------------------- planning
+
+
+def repo_root() -> Path:
+  """The source checkout holding `run.py` and `configs/` (the sweep needs both)."""
+  return Path(__file__).resolve().parents[1]
 
 
 def run_dir(workdir: str | Path, task: str, method: str, seed: int) -> Path:
   return Path(workdir) / task / method / f"seed{seed}"
 
 
-def parse_tasks(spec: str) -> list[str]:
-  """`all`, group names (natural / specialized / structured) or task ids, comma-separated."""
+def parse_tasks(spec: str, vtab: bool = True) -> list[str]:
+  """`all`, group names (natural / specialized / structured) or task ids, comma-separated.
+
+  `vtab=False` (configs other than configs/vtab.py) passes unknown ids through: the
+  config decides what a task is.
+  """
   out: list[str] = []
   for item in (s.strip() for s in spec.split(",") if s.strip()):
     names = (list(TASK_NAMES) if item == "all" else
              tasks_in_group(item) if item in GROUPS else [item])
     for name in names:
-      if name not in TASKS:
+      if vtab and name not in TASKS:
         raise ConfigError(f"--tasks: unknown task {name!r}; valid: all, {', '.join(GROUPS)}, "
                           f"{', '.join(TASK_NAMES)}")
       if name not in out:
@@ -79,311 +112,450 @@ def parse_seeds(spec: str) -> list[int]:
   return seeds
 
 
+def parse_methods(spec: str) -> list[str]:
+  methods = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
+  if not methods:
+    raise ConfigError("--methods is empty; e.g. --methods=heat,lora")
+  return methods
+
+
+def resolve_config(path: str | Path) -> Path:
+  """The config file, relative to the current directory or to the repository root."""
+  if ":" in str(path):
+    raise ConfigError(f"--config={path}: give only the file; the sweep sets task, method "
+                      "and seed, and --config_args adds the other arguments")
+  for candidate in (Path(path), repo_root() / path):
+    if candidate.is_file():
+      return candidate.resolve()
+  raise ConfigError(f"--config={path}: no such file; e.g. --config=configs/vtab.py or "
+                    "--config=configs/smoke.py")
+
+
+def is_vtab_config(path: str | Path) -> bool:
+  return resolve_config(path) == (repo_root() / DEFAULT_CONFIG).resolve()
+
+
+def load_get_config(path: str | Path) -> Callable[[str], Any]:
+  """`get_config` of a config file, loaded the way run.py's --config loads it."""
+  path = resolve_config(path)
+  root = str(repo_root())
+  if root not in sys.path:
+    sys.path.insert(0, root)   # config files import `configs.common`
+  spec = importlib.util.spec_from_file_location(f"_heat_jax_sweep_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except ImportError as e:
+    raise ConfigError(f"cannot load {path}: {e}; run the sweep from the heat_jax repository "
+                      "root") from None
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"{path} has no get_config(arg); pass a config file like configs/vtab.py")
+  return module.get_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One (task, method, seed) run: the config file's `:arg`, its config and its run dir."""
+
+  task: str
+  method: str
+  seed: int
+  arg: str
+  config: Any
+  out: Path
+
+  @property
+  def name(self) -> str:
+    return f"{self.task}/{self.method}/seed{self.seed}"
+
+
 def plan(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-         config_args: str = "") -> list[tuple[str, str, int, Any]]:
-  """[(task, method, seed, config)] for every run; builds all configs first (fails fast)."""
-  get_config = _vtab_get_config()
+         workdir: str | Path, *, config_args: str = "",
+         config: str | Path = DEFAULT_CONFIG) -> list[Job]:
+  """Every job of the grid; builds all configs first, so a bad argument fails at once."""
   for key in ("task", "method", "seed"):
     if any(a.split("=")[0].strip() == key for a in config_args.split(",")):
       raise ConfigError(f"--config_args must not set {key}; use --tasks / --methods / --seeds")
-  runs = []
+  get_config = load_get_config(config)
+  jobs = []
   for task in tasks:
     for method in methods:
       for seed in seeds:
-        arg = ",".join(p for p in (task, f"method={method}", f"seed={seed}", config_args) if p)
-        runs.append((task, method, seed, get_config(arg)))
-  return runs
+        arg = ",".join(p for p in (f"task={task}", f"method={method}", config_args) if p)
+        cfg = get_config(arg)
+        if "seed" not in cfg:
+          raise ConfigError(f"{config} builds a config without a seed field; the sweep sets "
+                            "config.seed (build it on configs.common.base_config)")
+        cfg.seed = seed
+        jobs.append(Job(task, method, seed, arg, cfg, run_dir(workdir, task, method, seed)))
+  return jobs
 
 
-def _vtab_get_config() -> Callable[[str], Any]:
-  """`configs.vtab.get_config`; `configs/` sits next to the package in a source checkout."""
+# ----------------------------------------------------------------------------- devices
+
+
+def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
+  """GPU ids a child may be given: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's list.
+
+  The parent never initialises JAX: that would take the GPUs' memory from the jobs.
+  """
+  if environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+    return []
+  if "CUDA_VISIBLE_DEVICES" in environ:
+    ids = [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    return [] if ids in ([], ["-1"]) else ids
+  if shutil.which("nvidia-smi") is None:
+    return []
   try:
-    from configs import vtab
-  except ImportError:
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "configs" / "vtab.py").is_file():
-      raise ConfigError("cannot import configs.vtab; run from the heat_jax repository root") \
-          from None
-    sys.path.insert(0, str(root))
-    from configs import vtab
-  return vtab.get_config
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+  except (OSError, subprocess.SubprocessError):
+    return []
+  return [str(i) for i, line in enumerate(l for l in out.stdout.splitlines()
+                                          if l.startswith("GPU "))]
 
 
-def _experiment_runner() -> Runner:
-  from heat_jax import experiment   # written by the lead; imported only when running
-  return experiment.run
+def is_tpu_host(environ: Mapping[str, str] = os.environ) -> bool:
+  if environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+    return False
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-def run_sweep(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-              workdir: str | Path, *, config_args: str = "", fail_fast: bool = False,
-              runner: Optional[Runner] = None) -> list[str]:
-  """Runs every missing (task, method, seed); returns the runs that failed."""
-  runs = plan(tasks, methods, seeds, config_args)
-  runner = runner or _experiment_runner()
-  failed = []
-  for i, (task, method, seed, config) in enumerate(runs, 1):
-    out = run_dir(workdir, task, method, seed)
-    label = f"[{i}/{len(runs)}] {task}/{method}/seed{seed}"
-    if (out / RESULTS_FILE).exists():
-      logging.info("%s: %s exists, skipped", label, out / RESULTS_FILE)
-      continue
-    logging.info("%s: running in %s", label, out)
-    start = time.time()
-    try:
-      runner(config, str(out))
-    except Exception as e:  # pylint: disable=broad-except
-      if fail_fast:
-        raise
-      msg = e.one_line() if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-      print(f"{label} failed: {' '.join(msg.split())}", file=sys.stderr)
-      logging.exception("%s failed", label)
-      failed.append(f"{task}/{method}/seed{seed}")
-      continue
-    logging.info("%s: done in %.0f s", label, time.time() - start)
-  return failed
+@dataclasses.dataclass(frozen=True)
+class Slot:
+  """Where one job runs: a label for the progress lines and the child's extra env."""
+
+  label: str
+  env: dict[str, str]
 
 
-# ----------------------------------------------------------------------------- collecting
+def device_slots(parallel: int, gpus: Sequence[str] = (), tpu: bool = False) -> list[Slot]:
+  """`parallel` slots: GPUs split evenly between them, or CPU workers.
+
+  One slot sees every device (the run's mesh spans them all). On GPUs each slot gets
+  len(gpus) // parallel of them; a TPU VM's chips cannot be split between processes here.
+  """
+  if parallel < 1:
+    raise ConfigError(f"--parallel={parallel} must be >= 1")
+  if parallel == 1:
+    return [Slot("all devices", {})]
+  if gpus:
+    if parallel > len(gpus):
+      raise ConfigError(f"--parallel={parallel} but {len(gpus)} GPU(s) are visible; use "
+                        f"--parallel<={len(gpus)} (one job per GPU at most)")
+    k = len(gpus) // parallel
+    groups = [list(gpus[i * k:(i + 1) * k]) for i in range(parallel)]
+    return [Slot(("GPU " if k == 1 else "GPUs ") + ",".join(g),
+                 {"CUDA_VISIBLE_DEVICES": ",".join(g)}) for g in groups]
+  if tpu:
+    raise ConfigError(f"--parallel={parallel} on a TPU VM: each job uses all its chips; use "
+                      "--parallel=1, or run one sweep per TPU host with disjoint --tasks")
+  return [Slot(f"cpu worker {i + 1}", {}) for i in range(parallel)]
 
 
-def load_results(workdir: str | Path) -> list[dict[str, Any]]:
-  """Every results.json under `workdir`, validated; DataError names a bad file."""
-  records, seen = [], {}
-  for path in sorted(Path(workdir).rglob(RESULTS_FILE)):
-    try:
-      record = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-      raise DataError(f"cannot read {path}: {e}; fix or delete the file") from None
-    if not isinstance(record, dict):
-      raise DataError(f"{path} is not a JSON object; fix or delete the file")
-    missing = [k for k in REQUIRED_KEYS if record.get(k) is None]
-    if missing:
-      raise DataError(f"{path} lacks {', '.join(missing)}; fix or delete the file")
-    for metric in METRICS:
-      value = record.get(metric)
-      if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
-        raise DataError(f"{path}: {metric}={value!r} is not a fraction in [0, 1]")
-    key = (record["task"], record["method"], int(record["seed"]))
-    if key in seen:
-      raise DataError(f"{path} and {seen[key]} both hold {key[0]}/{key[1]}/seed{key[2]}; "
-                      "delete one")
-    seen[key] = path
-    records.append({**record, "_path": str(path)})
-  return records
+# ----------------------------------------------------------------------------- running
+
+
+def _progress(message: str) -> None:
+  print(f"{time.strftime('%H:%M:%S')} sweep {message}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+  m, s = divmod(int(round(seconds)), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+  text = " ".join(text.split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def error_line(output: str, returncode: int) -> str:
+  """The one-line reason a job failed, from its log and exit status."""
+  lines = [l.strip() for l in output.replace("\r", "\n").splitlines() if l.strip()]
+  errors = [l for l in lines if l.startswith("error:")]   # run.py's one line for bad input
+  last = errors[-1][len("error:"):] if errors else (lines[-1] if lines else "")
+  if returncode < 0:
+    name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
+    why = f"killed by {name or f'signal {-returncode}'}"
+    why += " (out of memory?)" if returncode == -signal.SIGKILL else ""
+    return _one_line(f"{why}; last output: {last}" if last else why)
+  return _one_line(last or f"exited with code {returncode} without output")
+
+
+def _record_success(job: Job) -> None:
+  (job.out / FAILED_FILE).unlink(missing_ok=True)
+
+
+def _record_failure(job: Job, error: str, exit_code: Optional[int]) -> None:
+  write_json(job.out / FAILED_FILE, {
+      "task": job.task, "method": job.method, "seed": job.seed, "error": error,
+      "exit_code": exit_code, "log": LOG_FILE,
+      "time": datetime.datetime.now().isoformat(timespec="seconds")})
+
+
+def job_command(job: Job, config: str | Path) -> list[str]:
+  """The run.py command line of one job."""
+  cmd = [sys.executable, str(repo_root() / "run.py"),
+         f"--config={resolve_config(config)}:{job.arg}", f"--config.seed={job.seed}",
+         f"--workdir={job.out.resolve()}"]
+  if "train" in job.config and "progress" in job.config.train:
+    cmd.append("--config.train.progress=False")   # a progress bar only clutters log.txt
+  return cmd
 
 
 @dataclasses.dataclass
-class Stat:
-  """Mean and sample std (None for one value) of a metric, in percent."""
-
-  mean: float
-  std: Optional[float]
-  n: int
-
-  @classmethod
-  def of(cls, values: Sequence[float]) -> "Stat":
-    v = np.asarray(values, np.float64) * 100.0
-    return cls(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, len(v))
-
-  def text(self) -> str:
-    return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+class _Running:
+  job: Job
+  index: int
+  slot: int
+  proc: subprocess.Popen
+  start: float
+  log_offset: int
 
 
-def _mean(values: Sequence[Any]) -> Optional[float]:
-  values = [float(v) for v in values if v is not None]
-  return float(np.mean(values)) if values else None
+def _launch(job: Job, index: int, slot: int, slots: Sequence[Slot],
+            config: str | Path) -> _Running:
+  job.out.mkdir(parents=True, exist_ok=True)
+  cmd = job_command(job, config)
+  log_path = job.out / LOG_FILE
+  with open(log_path, "a") as log:
+    offset = log.seek(0, os.SEEK_END)
+    log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {job.name} on "
+              f"{slots[slot].label}\n$ {shlex.join(cmd)}\n")
+    log.flush()
+    # The child holds its own handle on the log; an unbuffered child keeps it current.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **slots[slot].env, "PYTHONUNBUFFERED": "1"})
+  return _Running(job, index, slot, proc, time.time(), offset)
 
 
-def _aggregate(per_task: dict[str, dict[int, float]], tasks: Sequence[str],
-               combine: Callable[[dict[str, float]], float]) -> Optional[Stat]:
-  """Aggregate of per-task seed means; its std comes from per-seed aggregates when every
-  covered task has that seed (otherwise the std is omitted)."""
-  covered = [t for t in tasks if t in per_task]
-  if not covered:
+def _stop(running: Sequence[_Running], wait_first: float = 0.0) -> None:
+  """Interrupts running jobs (SIGINT, as Ctrl-C) after `wait_first` s; kills stragglers."""
+  deadline = time.time() + wait_first
+  for r in running:
+    try:
+      r.proc.wait(timeout=max(deadline - time.time(), 0.01))
+    except subprocess.TimeoutExpired:
+      r.proc.send_signal(signal.SIGINT)
+  deadline = time.time() + STOP_GRACE_S
+  for r in running:
+    try:
+      r.proc.wait(timeout=max(deadline - time.time(), 0.1))
+    except subprocess.TimeoutExpired:
+      r.proc.kill()
+      r.proc.wait()
+
+
+def _finish(r: _Running, total: int) -> Optional[str]:
+  """Bookkeeping of an exited job; returns its error line (None when it finished)."""
+  code = r.proc.returncode
+  label = f"[{r.index}/{total}] {r.job.name}"
+  took = _duration(time.time() - r.start)
+  if code == 0 and (r.job.out / RESULTS_FILE).exists():
+    _record_success(r.job)
+    _progress(f"{label} done in {took}")
     return None
-  mean = combine({t: float(np.mean(list(per_task[t].values()))) for t in covered})
-  common = set.intersection(*(set(per_task[t]) for t in covered))
-  per_seed = [combine({t: per_task[t][s] for t in covered}) for s in sorted(common)]
-  std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
-  return Stat(mean * 100.0, None if std is None else std * 100.0, len(per_seed))
+  with open(r.job.out / LOG_FILE, "rb") as log:   # this attempt's tail is enough
+    size = log.seek(0, os.SEEK_END)
+    log.seek(max(r.log_offset, size - 65536))
+    output = log.read().decode(errors="replace")
+  if code in INTERRUPTED:
+    _progress(f"{label} interrupted after {took}; rerun to resume it")
+    return "interrupted"
+  error = (error_line(output, code) if code != 0 else
+           f"exited with code 0 but wrote no {RESULTS_FILE}")
+  _record_failure(r.job, error, code)
+  _progress(f"{label} FAILED after {took}: {error} (log: {r.job.out / LOG_FILE})")
+  return error
 
 
-def _group_mean(values: dict[str, float]) -> float:
-  means = [np.mean([values[t] for t in tasks_in_group(g) if t in values]) for g in GROUPS
-           if any(t in values for t in tasks_in_group(g))]
-  return float(np.mean(means))
+def _run_subprocesses(jobs: Sequence[Job], slots: Sequence[Slot], config: str | Path,
+                      fail_fast: bool) -> list[str]:
+  """Runs `jobs` as run.py processes, at most one per slot; returns the ones that failed."""
+  queue = collections.deque(enumerate(jobs, 1))
+  free = list(range(len(slots)))
+  running: list[_Running] = []
+  failed: list[str] = []
+  try:
+    while queue or running:
+      while queue and free and not (fail_fast and failed):
+        index, job = queue.popleft()
+        verb = "resume" if (job.out / "checkpoints").exists() else "start"
+        r = _launch(job, index, free.pop(0), slots, config)
+        _progress(f"[{index}/{len(jobs)}] {verb} {job.name} on {slots[r.slot].label}")
+        running.append(r)
+      time.sleep(0.2)
+      exited = [r for r in running if r.proc.poll() is not None]
+      if fail_fast and any(r.proc.returncode != 0 for r in exited):
+        queue.clear()
+        if len(exited) < len(running):
+          _progress("--fail_fast: interrupting the running jobs; rerun to resume them")
+          _stop(running)
+          exited = list(running)
+      for r in exited:
+        running.remove(r)
+        free.append(r.slot)
+        error = _finish(r, len(jobs))
+        if error is not None:
+          failed.append(r.job.name + (" (interrupted)" if error == "interrupted" else ""))
+  except KeyboardInterrupt:
+    # Ctrl-C in a terminal reached the children too (same process group): they exit by
+    # themselves; a SIGINT sent to this process alone is passed on after a moment.
+    _stop(running, wait_first=2.0)
+    raise
+  return failed
 
 
-def _coverage(tasks: Sequence[str]) -> str:
-  return ", ".join(f"{GROUP_SHORT[g]} {sum(t in tasks for t in tasks_in_group(g))}/"
-                   f"{len(tasks_in_group(g))}" for g in GROUPS)
-
-
-def summarize(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-  """Per method: per-task `Stat`s for each metric, the aggregates, parameter counts."""
-  out: dict[str, dict[str, Any]] = {}
-  for method in sorted({r["method"] for r in records}):
-    rows = [r for r in records if r["method"] == method]
-    tasks = [t for t in TASK_NAMES if any(r["task"] == t for r in rows)]
-    extra = sorted({r["task"] for r in rows} - set(TASK_NAMES))
-    summary: dict[str, Any] = {
-        "tasks": tasks, "extra_tasks": extra, "metrics": {},
-        "trainable_params": _mean([r.get("trainable_params") for r in rows]),
-        "trainable_params_no_head": _mean([r.get("trainable_params_no_head") for r in rows]),
-        "wall_time_s": _mean([r.get("wall_time_s") for r in rows]),
-        "params_by_task": {t: _mean([r.get("trainable_params") for r in rows if r["task"] == t])
-                           for t in tasks + extra},
-    }
-    for metric in METRICS:
-      per_task: dict[str, dict[int, float]] = {}
-      for r in rows:
-        if r.get(metric) is not None:
-          per_task.setdefault(r["task"], {})[int(r["seed"])] = float(r[metric])
-      if not per_task:
-        continue
-      stats = {t: Stat.of(list(v.values())) for t, v in per_task.items()}
-      vtab = [t for t in TASK_NAMES if t in per_task]
-      groups = {g: _aggregate(per_task, tasks_in_group(g), lambda v: float(np.mean(list(
-          v.values())))) for g in GROUPS}
-      summary["metrics"][metric] = {
-          "per_task": stats,
-          "tasks": vtab,
-          "mean19": _aggregate(per_task, TASK_NAMES, lambda v: float(np.mean(list(v.values())))),
-          "group_mean": _aggregate(per_task, TASK_NAMES, _group_mean),
-          "groups": groups,
-          "mean19_label": ("mean-19" if len(vtab) == len(TASK_NAMES)
-                           else f"mean of {len(vtab)}/{len(TASK_NAMES)} tasks"),
-          "group_mean_label": ("group mean" if len(vtab) == len(TASK_NAMES)
-                               else f"group mean ({_coverage(vtab)})"),
-      }
-    out[method] = summary
-  return out
-
-
-def _fmt(stat: Optional[Stat], covered: int = 0, total: int = 0) -> str:
-  """`mean ± std`, suffixed `(covered/total)` when an aggregate misses tasks."""
-  if stat is None:
-    return "-"
-  return stat.text() + (f" ({covered}/{total})" if covered < total else "")
-
-
-def _millions(value: Optional[float]) -> str:
-  return "-" if value is None else f"{value / 1e6:.3f}"
-
-
-def render_markdown(summary: dict[str, dict[str, Any]]) -> str:
-  """One table per metric: methods x (params, 19 tasks, group means, mean-19, group mean)."""
-  extra = sorted({t for s in summary.values() for t in s["extra_tasks"]})
-  lines = ["# VTAB-1k results", "",
-           "Top-1 accuracy in %, mean ± sample std over seeds. mean-19 = mean of the 19 task "
-           "accuracies; group mean = mean of the Natural / Specialized / Structured group means "
-           "(different conventions: never compare across them). Missing tasks are '-' and "
-           "left out of the means, which say how many tasks they cover.", ""]
-  for metric, title in METRICS.items():
-    methods = [m for m, s in summary.items() if metric in s["metrics"]]
-    if not methods:
+def _run_in_process(jobs: Sequence[Job], runner: Runner, fail_fast: bool) -> list[str]:
+  """Runs `jobs` one after another in this process with `runner(config, workdir)`."""
+  failed = []
+  for index, job in enumerate(jobs, 1):
+    label = f"[{index}/{len(jobs)}] {job.name}"
+    _progress(f"{label} start in {job.out}")
+    start = time.time()
+    try:
+      runner(job.config, str(job.out))
+    except Exception as e:  # pylint: disable=broad-except
+      if fail_fast:
+        raise
+      error = _one_line(e.one_line() if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+      _record_failure(job, error, None)
+      _progress(f"{label} FAILED after {_duration(time.time() - start)}: {error}")
+      failed.append(job.name)
       continue
-    header = (["method", "params (M)", "params no head (M)"] + list(TASK_NAMES) + extra +
-              [f"{GROUP_SHORT[g]} mean" for g in GROUPS] + ["mean-19", "group mean"])
-    lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
-              "|" + "|".join("---" for _ in header) + "|"]
-    notes = []
-    for m in methods:
-      s, ms = summary[m], summary[m]["metrics"][metric]
-      cells = [m, _millions(s["trainable_params"]), _millions(s["trainable_params_no_head"])]
-      cells += [_fmt(ms["per_task"].get(t)) for t in list(TASK_NAMES) + extra]
-      covered = {g: sum(t in ms["tasks"] for t in tasks_in_group(g)) for g in GROUPS}
-      cells += [_fmt(ms["groups"][g], covered[g], len(tasks_in_group(g))) for g in GROUPS]
-      cells += [_fmt(ms["mean19"], len(ms["tasks"]), len(TASK_NAMES)),
-                _fmt(ms["group_mean"], len(ms["tasks"]), len(TASK_NAMES))]
-      lines.append("| " + " | ".join(cells) + " |")
-      if len(ms["tasks"]) != len(TASK_NAMES):
-        notes.append(f"- {m}: {ms['mean19_label']}; {ms['group_mean_label']}.")
-    lines += [""] + notes + ([""] if notes else [])
-  if extra:
-    lines += [f"Tasks outside VTAB-1k ({', '.join(extra)}) are shown but not averaged.", ""]
-  return "\n".join(lines)
+    _record_success(job)
+    _progress(f"{label} done in {_duration(time.time() - start)}")
+  return failed
 
 
-def render_csv(summary: dict[str, dict[str, Any]]) -> str:
-  """Long format: one row per (method, task or aggregate); accuracies in percent."""
-  cols = ["method", "task", "group", "num_tasks"]
-  for metric in METRICS:
-    cols += [f"{metric}_pct_mean", f"{metric}_pct_std", f"{metric}_num_seeds"]
-  cols += ["trainable_params", "trainable_params_no_head"]
-  buf = io.StringIO()
-  writer = csv.writer(buf, lineterminator="\n")
-  writer.writerow(cols)
+def run_sweep(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+              workdir: str | Path, *, config_args: str = "",
+              config: str | Path = DEFAULT_CONFIG, parallel: int = 1, fail_fast: bool = False,
+              runner: Optional[Runner] = None) -> list[str]:
+  """Runs every unfinished (task, method, seed); returns the jobs that did not finish.
 
-  def num(x: Optional[float], digits: int = 4) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-  for m, s in summary.items():
-    rows: list[tuple[str, str, str, Callable[[dict], Optional[Stat]], Optional[float]]] = []
-    for t in s["tasks"] + s["extra_tasks"]:
-      group = TASKS[t].group if t in TASKS else ""
-      rows.append((t, group, "1", lambda ms, t=t: ms["per_task"].get(t), s["params_by_task"][t]))
-    for g in GROUPS:
-      rows.append((f"{g}_mean", g, str(sum(t in s["tasks"] for t in tasks_in_group(g))),
-                   lambda ms, g=g: ms["groups"][g], None))
-    rows.append(("mean19", "", str(len(s["tasks"])), lambda ms: ms["mean19"], None))
-    rows.append(("group_mean", "", str(len(s["tasks"])), lambda ms: ms["group_mean"], None))
-    for task, group, n, pick, params in rows:
-      row = [m, task, group, n]
-      for metric in METRICS:
-        stat = pick(s["metrics"][metric]) if metric in s["metrics"] else None
-        row += ([num(stat.mean), num(stat.std), str(stat.n)] if stat else ["", "", ""])
-      row += [num(params if params is not None else s["trainable_params"], 0),
-              num(s["trainable_params_no_head"], 0)]
-      writer.writerow(row)
-  return buf.getvalue()
-
-
-def collect(workdir: str | Path) -> dict[str, dict[str, Any]]:
-  """Reads every results.json under `workdir`, writes results.csv and results.md there."""
-  records = load_results(workdir)
-  if not records:
-    raise DataError(f"no {RESULTS_FILE} under {workdir}; run the sweep first")
-  summary = summarize(records)
-  write_text(Path(workdir) / "results.csv", render_csv(summary))
-  write_text(Path(workdir) / "results.md", render_markdown(summary))
-  return summary
+  Each job runs as its own run.py process, `parallel` at a time (see `device_slots`).
+  `runner(config, workdir)` instead runs the jobs one by one in this process (tests).
+  """
+  jobs = plan(tasks, methods, seeds, workdir, config_args=config_args, config=config)
+  todo = []
+  for job in jobs:
+    if (job.out / RESULTS_FILE).exists():
+      _record_success(job)   # e.g. run by hand since it failed here
+    else:
+      todo.append(job)
+  if len(todo) < len(jobs):
+    _progress(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already finished, skipped")
+  if not todo:
+    return []
+  if runner is not None:
+    return _run_in_process(todo, runner, fail_fast)
+  if not (repo_root() / "run.py").is_file():
+    raise ConfigError(f"the sweep runs each job with run.py, which is not in {repo_root()}; "
+                      "run it from a heat_jax source checkout")
+  slots = device_slots(parallel, visible_gpus() if parallel > 1 else [],
+                       tpu=parallel > 1 and is_tpu_host())
+  return _run_subprocesses(todo, slots, config, fail_fast)
 
 
 # ----------------------------------------------------------------------------- CLI
 
+# The sweep's own flag set: run.py defines --config and --workdir in absl's global FLAGS
+# with other meanings, and tests import both modules into one process.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("tasks", "all", "Comma-separated task ids, the groups natural, "
+                    "specialized, structured, or all (the 19 VTAB-1k tasks).", flag_values=FLAGS)
+flags.DEFINE_string("methods", "heat", "Comma-separated methods: heat, linear, full, bitfit, "
+                    "lora, adapter, vpt.", flag_values=FLAGS)
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated integer seeds (config.seed).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Sweep directory: runs go to "
+                    "<workdir>/<task>/<method>/seed<k>, tables to <workdir>/results.md and "
+                    "results.csv. Required.", flag_values=FLAGS)
+flags.DEFINE_string("config", DEFAULT_CONFIG, "Config file of every job; the sweep adds "
+                    "task=<task>,method=<method> to its args and sets config.seed. E.g. "
+                    "configs/smoke.py for a seconds-long check.", flag_values=FLAGS)
+flags.DEFINE_string("config_args", "", "More args of the config file for every job, e.g. "
+                    "rank=4,epochs=50 (not task, method or seed).", flag_values=FLAGS)
+flags.DEFINE_integer("parallel", 1, "Jobs at once, each in its own process: on GPUs each "
+                     "job gets its share of the visible GPUs (8 on 8 GPUs = one each); on "
+                     "CPU they share the cores; a TPU VM needs 1 (all chips per job).",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_boolean("collect_only", False, "Only rebuild results.md and results.csv from "
+                     "the finished runs.", flag_values=FLAGS)
+flags.DEFINE_boolean("fail_fast", False, "Stop at the first failed job (running jobs are "
+                     "interrupted and resume on the next run).", flag_values=FLAGS)
+flags.DEFINE_boolean("help", False, "Show this help.", short_name="?", flag_values=FLAGS)
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m heat_jax.sweep",
-                                   description="VTAB-1k sweep and results table.")
-  parser.add_argument("--tasks", default="all", help="task ids, group names or all")
-  parser.add_argument("--methods", default="heat", help="comma-separated method names")
-  parser.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--config_args", default="",
-                      help="extra configs/vtab.py args, e.g. rank=4,epochs=50")
-  parser.add_argument("--collect_only", action="store_true", help="only write the tables")
-  parser.add_argument("--fail_fast", action="store_true", help="stop at the first failed run")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+def _fail(message: str) -> int:
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  return 2
+
+
+def usage() -> str:
+  text = FLAGS.get_help(include_special_flags=False)
+  # Drop absl's "<module path>:" heading line above the flags.
+  text = "\n".join(l for l in text.splitlines() if not l.rstrip().endswith(".py:"))
+  return f"{__doc__}\nflags:\n{text}\n"
+
+
+def parse_flags(argv: Sequence[str]) -> Optional[int]:
+  """Parses argv (argv[0] = program) into FLAGS; an exit code when there is nothing to run."""
+  FLAGS.unparse_flags()
   try:
-    failed = []
-    if not args.collect_only:
-      methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-      if not methods:
-        raise ConfigError("--methods is empty; e.g. --methods=heat,lora")
-      failed = run_sweep(parse_tasks(args.tasks), methods, parse_seeds(args.seeds),
-                         args.workdir, config_args=args.config_args, fail_fast=args.fail_fast)
-    collect(args.workdir)
-    print(f"wrote {Path(args.workdir) / 'results.md'} and results.csv")
+    rest = FLAGS(list(argv))
+  except flags.Error as e:
+    return _fail(f"{e} (see --help)")
+  if FLAGS.help:
+    print(usage())
+    return 0
+  if len(rest) > 1:
+    return _fail(f"unexpected argument {rest[1]!r}; flags look like --tasks=dtd (see --help)")
+  if not FLAGS.workdir:
+    return _fail("--workdir is required, e.g. --workdir=workdirs/sweep")
+  return None
+
+
+def main(argv: Sequence[str] = ()) -> int:
+  """Runs the sweep that FLAGS describe (parsed already); returns the exit code."""
+  del argv
+  workdir = FLAGS.workdir
+  failed: list[str] = []
+  try:
+    if not FLAGS.collect_only:
+      failed = run_sweep(parse_tasks(FLAGS.tasks, vtab=is_vtab_config(FLAGS.config)),
+                         parse_methods(FLAGS.methods), parse_seeds(FLAGS.seeds), workdir,
+                         config_args=FLAGS.config_args, config=FLAGS.config,
+                         parallel=FLAGS.parallel, fail_fast=FLAGS.fail_fast)
+    collect(workdir)
+    print(f"wrote {Path(workdir) / 'results.md'} and results.csv", file=sys.stderr)
   except UserError as e:
-    print(f"error: {e.one_line()}", file=sys.stderr)
-    return e.exit_code
+    return _fail(e.one_line())
+  except KeyboardInterrupt:
+    print("interrupted; rerun the same command to resume", file=sys.stderr)
+    return 130
   if failed:
-    print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+    print(f"error: {len(failed)} job(s) did not finish: {', '.join(failed)}; see "
+          f"{Path(workdir) / 'results.md'} and rerun to retry", file=sys.stderr)
     return 1
   return 0
 
 
+def run_cli(argv: Sequence[str]) -> int:
+  """Parses `argv` and runs: what `python -m heat_jax.sweep` does, as a function."""
+  code = parse_flags(argv)
+  return main() if code is None else code
+
+
+def _absl_flags_parser(argv: list[str]) -> list[str]:
+  code = parse_flags(argv)
+  if code is not None:
+    sys.exit(code)
+  flags.FLAGS(argv[:1])   # app.run wants absl's global flags parsed; they keep defaults
+  return argv
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main, flags_parser=_absl_flags_parser)

@@ -1,13 +1,19 @@
-"""Sweep bookkeeping and the results table, on hand-written results.json files."""
+"""Sweeps: bookkeeping, devices, the CLI, a real parallel run, and the results table."""
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from heat_jax import sweep
+from heat_jax import sweep, sweep_table
 from heat_jax.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NATURAL = ["cifar100", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn",
            "sun397"]
@@ -44,7 +50,7 @@ def test_partial_results_table(tmp_path):
   write(tmp_path, "clevr_count", "heat", 0, 0.60)
   write(tmp_path, "clevr_count", "heat", 1, 0.64)
   write(tmp_path, "dtd", "lora", 0, 0.50, params=3000, no_head=2000)
-  summary = sweep.collect(tmp_path)
+  summary = sweep_table.collect(tmp_path)
 
   heat = summary["heat"]["metrics"]["test_top1"]
   assert heat["per_task"]["dtd"].mean == pytest.approx(71.0)
@@ -86,7 +92,7 @@ def test_full_table_reproduces_the_worked_example(tmp_path):
   tasks = NATURAL + SPECIALIZED + STRUCTURED
   for task, acc in zip(tasks, FULL_FT):
     write(tmp_path, task, "full", 42, acc / 100)
-  summary = sweep.collect(tmp_path)
+  summary = sweep_table.collect(tmp_path)
   m = summary["full"]["metrics"]["test_top1"]
   assert m["mean19"].mean == pytest.approx(np.mean(FULL_FT))
   assert m["mean19"].mean == pytest.approx(65.57, abs=0.005)
@@ -103,7 +109,7 @@ def test_full_table_reproduces_the_worked_example(tmp_path):
 def test_unknown_tasks_are_shown_but_not_averaged(tmp_path):
   write(tmp_path, "dtd", "heat", 0, 0.5)
   write(tmp_path, "toy", "heat", 0, 1.0)
-  summary = sweep.collect(tmp_path)
+  summary = sweep_table.collect(tmp_path)
   assert summary["heat"]["metrics"]["test_top1"]["mean19"].mean == pytest.approx(50.0)
   assert "toy" in (tmp_path / "results.md").read_text()
 
@@ -119,50 +125,203 @@ def test_bad_results_files(tmp_path, payload, match):
   d.mkdir(parents=True)
   (d / "results.json").write_text(payload)
   with pytest.raises(DataError, match=match):
-    sweep.collect(tmp_path)
+    sweep_table.collect(tmp_path)
 
 
 def test_collect_without_results(tmp_path):
   with pytest.raises(DataError, match="no results.json"):
-    sweep.collect(tmp_path)
+    sweep_table.collect(tmp_path)
 
 
-def test_run_sweep_layout_skip_and_failures(tmp_path):
+def test_run_sweep_layout_skip_and_failures(tmp_path, capsys):
   calls = []
 
   def runner(config, workdir):
     calls.append((config.data.task, config.method.name, config.seed, config.lora.rank, workdir))
     if config.data.task == "svhn" and config.method.name == "lora":
-      raise RuntimeError("boom")
+      raise RuntimeError("boom\nsecond line")
     write(tmp_path, config.data.task, config.method.name, config.seed, 0.5)
 
   failed = sweep.run_sweep(["dtd", "svhn"], ["heat", "lora"], [0, 1], tmp_path,
                            config_args="rank=4", runner=runner)
   assert failed == ["svhn/lora/seed0", "svhn/lora/seed1"]
   assert len(calls) == 8 and all(c[3] == 4 for c in calls)
+  assert [c[2] for c in calls[:2]] == [0, 1]
   assert calls[0][4] == str(tmp_path / "dtd" / "heat" / "seed0")
+  marker = json.loads((tmp_path / "svhn" / "lora" / "seed1" / "failed.json").read_text())
+  assert marker["error"] == "RuntimeError: boom second line" and marker["seed"] == 1
+  sweep_table.collect(tmp_path)
+  md = (tmp_path / "results.md").read_text()
+  assert "## Failed runs" in md
+  assert "| svhn | lora | 1 | RuntimeError: boom second line | svhn/lora/seed1/log.txt |" in md
+  assert "FAILED" in capsys.readouterr().err
+
   calls.clear()
-  sweep.run_sweep(["dtd", "svhn"], ["heat", "lora"], [0, 1], tmp_path, runner=runner)
-  assert [c[:3] for c in calls] == [("svhn", "lora", 0), ("svhn", "lora", 1)]
+  sweep.run_sweep(["dtd", "svhn"], ["heat", "lora"], [0, 1], tmp_path,
+                  runner=lambda c, w: (calls.append(c.data.task), write(
+                      tmp_path, c.data.task, c.method.name, c.seed, 0.6)))
+  assert calls == ["svhn", "svhn"]                  # the finished runs were skipped
+  assert not list(tmp_path.rglob("failed.json"))    # cleared when the retry succeeded
+  sweep_table.collect(tmp_path)
+  assert "Failed runs" not in (tmp_path / "results.md").read_text()
   with pytest.raises(ConfigError, match="must not set method"):
     sweep.run_sweep(["dtd"], ["heat"], [0], tmp_path, config_args="method=lora", runner=runner)
   with pytest.raises(ConfigError, match="unknown config argument"):
     sweep.run_sweep(["dtd"], ["heat"], [0], tmp_path, config_args="rnk=4", runner=runner)
 
 
+def test_failures_alone_still_make_a_table(tmp_path):
+  d = tmp_path / "dtd" / "lora" / "seed0"
+  d.mkdir(parents=True)
+  (d / "failed.json").write_text(json.dumps(
+      {"task": "dtd", "method": "lora", "seed": 0, "error": "a|b", "log": "log.txt"}))
+  sweep_table.collect(tmp_path)
+  assert "| dtd | lora | 0 | a\\|b | dtd/lora/seed0/log.txt |" in (
+      tmp_path / "results.md").read_text()
+  write(tmp_path, "dtd", "lora", 0, 0.5)            # finished since: the marker is stale
+  sweep_table.collect(tmp_path)
+  assert "Failed runs" not in (tmp_path / "results.md").read_text()
+
+
+def test_device_slots():
+  gpus = [str(i) for i in range(8)]
+  assert [s.env for s in sweep.device_slots(8, gpus)] == [
+      {"CUDA_VISIBLE_DEVICES": str(i)} for i in range(8)]
+  assert [s.env["CUDA_VISIBLE_DEVICES"] for s in sweep.device_slots(3, gpus)] == [
+      "0,1", "2,3", "4,5"]
+  assert sweep.device_slots(1, gpus)[0].env == {}          # one job: the mesh spans all
+  assert sweep.device_slots(1, tpu=True)[0].env == {}
+  assert [s.env for s in sweep.device_slots(3)] == [{}, {}, {}]
+  with pytest.raises(ConfigError, match="2 GPU"):
+    sweep.device_slots(3, ["4", "5"])
+  with pytest.raises(ConfigError, match="TPU"):
+    sweep.device_slots(2, tpu=True)
+
+
+def test_visible_gpus_and_tpu_detection():
+  assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+  assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+  assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+  assert sweep.visible_gpus({"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "0"}) == []
+  assert not sweep.is_tpu_host({"JAX_PLATFORMS": "cpu"})
+
+
+def test_error_line():
+  log = "=== header\n[heat_jax] x\nerror: config.train.batch_size=9 is larger\n"
+  assert sweep.error_line(log, 2) == "config.train.batch_size=9 is larger"
+  trace = "Traceback (most recent call last):\n  File x\nValueError: bad shape\n"
+  assert sweep.error_line(trace, 1) == "ValueError: bad shape"
+  assert sweep.error_line("step 10\n", -signal.SIGKILL) == (
+      "killed by SIGKILL (out of memory?); last output: step 10")
+  assert sweep.error_line("", 3) == "exited with code 3 without output"
+
+
+def test_job_command_is_a_run_py_command(tmp_path):
+  [job] = sweep.plan(["dtd"], ["lora"], [3], tmp_path, config_args="rank=4")
+  cmd = sweep.job_command(job, "configs/vtab.py")
+  root = Path(sweep.__file__).resolve().parents[1]
+  assert cmd[1:] == [str(root / "run.py"),
+                     f"--config={root / 'configs' / 'vtab.py'}:task=dtd,method=lora,rank=4",
+                     "--config.seed=3", f"--workdir={tmp_path.resolve() / 'dtd/lora/seed3'}",
+                     "--config.train.progress=False"]
+  assert job.config.seed == 3 and job.config.lora.rank == 4
+
+
 def test_cli_parsing():
   assert sweep.parse_tasks("all") == NATURAL + SPECIALIZED + STRUCTURED
   assert sweep.parse_tasks("specialized,dtd") == SPECIALIZED + ["dtd"]
+  assert sweep.parse_tasks("texture,count", vtab=False) == ["texture", "count"]
   assert sweep.parse_seeds("0, 1,2") == [0, 1, 2]
+  assert sweep.parse_methods("heat, lora,heat") == ["heat", "lora"]
   with pytest.raises(ConfigError, match="unknown task 'dtdd'"):
     sweep.parse_tasks("dtdd")
   with pytest.raises(ConfigError):
     sweep.parse_seeds("a")
+  with pytest.raises(ConfigError, match="no such file"):
+    sweep.resolve_config("configs/nope.py")
+  with pytest.raises(ConfigError, match="only the file"):
+    sweep.resolve_config("configs/vtab.py:dtd")
 
 
-def test_cli_collect_only(tmp_path, capsys):
+def test_cli_collect_only_and_bad_flags(tmp_path, capsys):
   write(tmp_path, "dtd", "heat", 0, 0.5)
-  assert sweep.main(["--workdir", str(tmp_path), "--collect_only"]) == 0
+  assert sweep.run_cli(["sweep", f"--workdir={tmp_path}", "--collect_only"]) == 0
   assert (tmp_path / "results.csv").exists()
-  assert sweep.main(["--workdir", str(tmp_path / "empty"), "--collect_only"]) == 2
+  assert sweep.run_cli(["sweep", f"--workdir={tmp_path / 'empty'}", "--collect_only"]) == 2
   assert "no results.json" in capsys.readouterr().err
+  for argv, needle in ((["--paralel=2"], "paralel"), (["--parallel=0"], "parallel"),
+                       (["--tasks=dtd"], "--workdir is required"), (["dtd"], "unexpected"),
+                       ([f"--workdir={tmp_path}", "--tasks=dtdd"], "dtdd")):
+    assert sweep.run_cli(["sweep", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+  assert sweep.run_cli(["sweep", "--help"]) == 0
+  out = capsys.readouterr().out
+  for name in ("tasks", "methods", "seeds", "workdir", "config", "config_args",
+               "collect_only", "fail_fast", "parallel"):
+    assert f"--{name}" in out or f"--[no]{name}" in out, name
+
+
+def test_module_entry_point_bad_flag(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "heat_jax.sweep", "--seeds=0", "--paralel=2"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: Unknown command line flag 'paralel'. Did you mean: parallel ? (see --help)"]
+
+
+# A config whose `broken=<task>` argument makes that task's run fail at start (a batch
+# larger than the 128 smoke examples); without the argument every run succeeds.
+FLAKY_CONFIG = '''
+from configs import smoke
+
+def get_config(arg):
+  args = dict(a.split("=", 1) for a in arg.split(",") if a)
+  broken = args.pop("broken", "")
+  c = smoke.get_config(",".join(f"{k}={v}" for k, v in args.items()))
+  c.train.epochs = 1
+  if c.data.task == broken:
+    c.train.batch_size = 4096
+  return c
+'''
+
+
+def test_parallel_subprocess_sweep_reports_failures_and_resumes(tmp_path, capsys, monkeypatch):
+  config = tmp_path / "flaky.py"
+  config.write_text(FLAKY_CONFIG)
+  work = tmp_path / "sweep"
+  monkeypatch.setenv("HEAT_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("HEAT_JAX_NO_TENSORBOARD", "1")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  argv = ["sweep", f"--config={config}", "--tasks=texture,count", "--methods=linear",
+          "--seeds=0", f"--workdir={work}", "--parallel=2"]
+  assert sweep.run_cli(argv + ["--config_args=broken=count"]) == 1
+  err = capsys.readouterr().err.splitlines()
+  progress = [l for l in err if " sweep [" in l]
+  assert len(progress) == 4, err                     # one start and one end line per job
+  assert all(" start " in l for l in progress[:2])   # both jobs ran at once
+  assert any("texture/linear/seed0 done" in l for l in progress)
+  assert any("count/linear/seed0 FAILED" in l and "batch_size=4096" in l for l in progress)
+  assert err[-1].startswith("error: 1 job(s) did not finish: count/linear/seed0")
+  done = work / "texture" / "linear" / "seed0"
+  broken = work / "count" / "linear" / "seed0"
+  assert json.loads((done / "results.json").read_text())["seed"] == 0
+  assert "test top-1" in (done / "log.txt").read_text()
+  marker = json.loads((broken / "failed.json").read_text())
+  assert marker["exit_code"] == 2 and "batch_size=4096" in marker["error"]
+  md = (work / "results.md").read_text()
+  assert "synthetic/texture" in md and "synthetic/count" not in md
+  failed_rows = [l for l in md.splitlines() if l.startswith("| count | linear | 0 |")]
+  assert len(failed_rows) == 1 and "batch_size=4096" in failed_rows[0]
+
+  done_log = (done / "log.txt").read_text()
+  assert sweep.run_cli(argv) == 0                    # the problem fixed: rerun the sweep
+  err = capsys.readouterr().err
+  assert "1 of 2 jobs already finished, skipped" in err
+  assert "count/linear/seed0 done" in err and "start texture" not in err
+  assert (done / "log.txt").read_text() == done_log
+  attempts = [l for l in (broken / "log.txt").read_text().splitlines() if l.startswith("=== ")]
+  assert len(attempts) == 2
+  assert not (broken / "failed.json").exists()
+  md = (work / "results.md").read_text()
+  assert "synthetic/count" in md and "Failed runs" not in md
