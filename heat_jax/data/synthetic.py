@@ -611,7 +611,7 @@ def build_synthetic(data_config: Any, *, image_size: int, value_range: str) -> T
   k = GENERATORS[name][1]
   if data_config.num_classes not in (0, k):
     raise ConfigError(f"config.data.num_classes={data_config.num_classes} but synthetic "
-                      f"task {name!r} has {k} classes")
+                      f"task {name!r} has {k} classes; set it to {k} or 0")
   train_split = data_config.train_split or "train800val200"
   for field, valid in (("val_split", ("", "val200")), ("test_split", ("", "test"))):
     if data_config.get(field, "") not in valid:
