@@ -560,15 +560,16 @@ def _digits_split(split: str, n: int, *, seed: int, image_size: int, resize_meth
   return _resize_all(images[idx], image_size, resize_method), labels[idx].astype(np.int32)
 
 
-def make_task(name: str, *, seed: int, image_size: int, value_range: str,
-              num_train: int = 1000, num_val: int = 200, num_test: int = 1000,
-              train_split: str = "train800val200", resize_method: str = "bicubic") -> Task:
-  """Builds a synthetic `Task` (in-memory splits) from a seed; see the module docstring.
+DIGITS_TOTAL = 1797   # images in sklearn's load_digits
 
-  `num_train` is the size of train800 + val200 and `num_val` that of val200. For
-  `digits` the test split holds min(num_test, 1797 - num_train) images.
+
+def split_sizes(name: str, *, num_train: int, num_val: int, num_test: int,
+                train_split: str = "train800val200", seed: int = 0) -> dict[str, int]:
+  """{'train800', 'val200', 'test'} sizes of a synthetic task; ConfigError when invalid.
+
+  Generates nothing, so callers can check a whole study's tasks up front.
   """
-  gen, k, native = GENERATORS[_check_name(name)]
+  _check_name(name)
   if train_split not in TRAIN_SPLITS:
     raise ConfigError(f"config.data.train_split={train_split!r} is not valid for synthetic "
                       f"data; use one of {', '.join(TRAIN_SPLITS)}")
@@ -577,13 +578,43 @@ def make_task(name: str, *, seed: int, image_size: int, value_range: str,
                       f"(got num_train={num_train}, num_val={num_val}, num_test={num_test})")
   sizes = {"train800": num_train - num_val, "val200": num_val, "test": num_test}
   if name == "digits":
-    total = len(_digits_data()[1])
-    if num_train >= total:
-      raise ConfigError(f"the digits task has {total} images; num_train={num_train} "
+    if num_train >= DIGITS_TOTAL:
+      raise ConfigError(f"the digits task has {DIGITS_TOTAL} images; num_train={num_train} "
                         "leaves none for testing")
-    sizes["test"] = min(num_test, total - num_train)
+    sizes["test"] = min(num_test, DIGITS_TOTAL - num_train)
   if seed < 0:
     raise ConfigError(f"config.data.synthetic_seed={seed} must be >= 0")
+  return sizes
+
+
+def check_config(data_config: Any) -> dict[str, int]:
+  """Every check of `build_synthetic` without generating data; returns the split sizes."""
+  name = _check_name(data_config.task)
+  k = GENERATORS[name][1]
+  if data_config.num_classes not in (0, k):
+    raise ConfigError(f"config.data.num_classes={data_config.num_classes} but synthetic "
+                      f"task {name!r} has {k} classes; set it to {k} or 0")
+  for field, valid in (("val_split", ("", "val200")), ("test_split", ("", "test"))):
+    if data_config.get(field, "") not in valid:
+      raise ConfigError(f"config.data.{field}={data_config.get(field)!r} is not valid for "
+                        f"synthetic data; use {valid[1]!r} or ''")
+  return split_sizes(name, num_train=int(data_config.num_train),
+                     num_val=int(data_config.num_val), num_test=int(data_config.num_test),
+                     train_split=data_config.train_split or "train800val200",
+                     seed=int(data_config.synthetic_seed))
+
+
+def make_task(name: str, *, seed: int, image_size: int, value_range: str,
+              num_train: int = 1000, num_val: int = 200, num_test: int = 1000,
+              train_split: str = "train800val200", resize_method: str = "bicubic") -> Task:
+  """Builds a synthetic `Task` (in-memory splits) from a seed; see the module docstring.
+
+  `num_train` is the size of train800 + val200 and `num_val` that of val200. For
+  `digits` the test split holds min(num_test, 1797 - num_train) images.
+  """
+  _, k, native = GENERATORS[_check_name(name)]
+  sizes = split_sizes(name, num_train=num_train, num_val=num_val, num_test=num_test,
+                      train_split=train_split, seed=seed)
   norm = normalizer(value_range)
   splits = {}
   for split, n in sizes.items():
@@ -607,16 +638,9 @@ def make_task(name: str, *, seed: int, image_size: int, value_range: str,
 
 def build_synthetic(data_config: Any, *, image_size: int, value_range: str) -> Task:
   """The `synthetic` source: `config.data.task` names one of GENERATORS."""
-  name = _check_name(data_config.task)
-  k = GENERATORS[name][1]
-  if data_config.num_classes not in (0, k):
-    raise ConfigError(f"config.data.num_classes={data_config.num_classes} but synthetic "
-                      f"task {name!r} has {k} classes; set it to {k} or 0")
+  check_config(data_config)
+  name, k = data_config.task, GENERATORS[data_config.task][1]
   train_split = data_config.train_split or "train800val200"
-  for field, valid in (("val_split", ("", "val200")), ("test_split", ("", "test"))):
-    if data_config.get(field, "") not in valid:
-      raise ConfigError(f"config.data.{field}={data_config.get(field)!r} is not valid for "
-                        f"synthetic data; use {valid[1]!r} or ''")
   task = make_task(name, seed=int(data_config.synthetic_seed), image_size=image_size,
                    value_range=value_range, num_train=int(data_config.num_train),
                    num_val=int(data_config.num_val), num_test=int(data_config.num_test),
