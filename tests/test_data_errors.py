@@ -143,6 +143,28 @@ def test_bad_split_strings_and_roots(tmp_path):
   one_line_error(DataError, folder_config(tmp_path, num_classes=5), "3 class folders")
 
 
+def test_decompression_bombs_are_data_errors(tmp_path, monkeypatch):
+  make_split(tmp_path, "train")
+  make_split(tmp_path, "test")
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)   # 11 x 9 images exceed 2 x 40 pixels
+  one_line_error(DataError, folder_config(tmp_path), "6 of 6 images cannot be read")
+  one_line_error(DataError, folder_config(tmp_path, test_split="train"),
+                 "cannot read image .*decompression bomb")
+
+
+def test_unreadable_list_files(tmp_path, monkeypatch):
+  write_image(tmp_path / "images" / "cat.png")
+  (tmp_path / "train.txt").write_text("images/cat.png 0\n")
+  (tmp_path / "test.txt").write_bytes(b"\xff\xfe\x00binary")
+  one_line_error(DataError, folder_config(tmp_path), "test.txt is not UTF-8 text")
+  (tmp_path / "test.txt").write_text("images/cat.png 0\n")
+
+  def denied(path):
+    raise PermissionError(13, "Permission denied", str(path))
+  monkeypatch.setattr(folder, "_read_text", denied)
+  one_line_error(DataError, folder_config(tmp_path), "cannot read .*train.txt: Permission denied")
+
+
 # ----------------------------------------------------------------------------- shared checks
 
 
@@ -206,3 +228,17 @@ def test_folder_checks_create_nothing(tmp_path):
   with pytest.raises(DataError):
     build(folder_config(tmp_path))
   assert sorted(os.walk(tmp_path)) == before
+
+
+def test_tfds_loader_wraps_odd_examples():
+  from heat_jax.data.labels import plain_label
+  from heat_jax.data.tfds_source import make_loader
+  source = [{"image": np.zeros((2, 2, 2, 2), np.uint8), "label": 0},
+            {"image": np.zeros((4, 4, 3), np.uint8), "level": 1}]
+  load = make_loader(source, plain_label, image_size=4, resize_method="bicubic",
+                     binary_image=False)
+  with pytest.raises(DataError, match="example 0: cannot convert an image of shape"):
+    load(0)
+  with pytest.raises(DataError, match=r"example 1 has no field 'label' \(it has \['image', "
+                     r"'level'\]\); check config.data.label_fn"):
+    load(1)

@@ -39,6 +39,8 @@ from heat_jax.data.stream import Loader, default_workers, held_in_memory, make_s
 from heat_jax.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# What PIL raises for a file it cannot decode (DecompressionBombError is no OSError).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 DTD_SPLITS = {"train": "train1", "validation": "val1", "test": "test1",
               "train800": "train1[:800]", "val200": "val1[:200]",
               "train800val200": "train1[:800]+val1[:200]"}
@@ -89,6 +91,14 @@ def _is_image(path: Path) -> bool:
 
 def _class_dirs(split_dir: Path) -> list[Path]:
   return sorted(p for p in split_dir.iterdir() if p.is_dir() and _visible(p))
+
+
+def _read_text(path: Path) -> str:
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError:
+    raise DataError(f"list file {path} is not UTF-8 text; it needs lines "
+                    "'<relative path> <label>'") from None
 
 
 def _some(names: list[str], limit: int = 5) -> str:
@@ -181,7 +191,7 @@ class FolderDataset:
 
   def _list_file(self, path: Path, base: Path) -> Entries:
     entries: Entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
       if not line.strip():
         continue
       fields = line.rsplit(maxsplit=1)
@@ -197,7 +207,7 @@ class FolderDataset:
     index = self.class_index
     images = self.dtd_root / "images"
     entries: Entries = []
-    for line in (self.dtd_root / "labels" / f"{name}.txt").read_text().split():
+    for line in _read_text(self.dtd_root / "labels" / f"{name}.txt").split():
       cls = line.split("/")[0]
       if cls not in index:
         raise DataError(f"{self.dtd_root}/labels/{name}.txt lists {line!r} but {images}/{cls} "
@@ -216,7 +226,7 @@ def make_loader(entries: Entries, *, image_size: int, resize_method: str) -> Loa
     try:
       with Image.open(path) as im:
         image = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
+    except DECODE_ERRORS as e:
       raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
     return resize_uint8(image, (image_size, image_size), resize_method), label
 
@@ -229,7 +239,7 @@ def _decode_error(path: str) -> Optional[str]:
     with Image.open(path) as im:
       im.draft("RGB", (1, 1))   # JPEG: decode at 1/8 scale; still reads every byte
       im.load()
-  except (OSError, ValueError, SyntaxError) as e:
+  except DECODE_ERRORS as e:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
   return None
@@ -259,6 +269,15 @@ def check_entry_labels(entries: Entries, num_classes: int, expr: str) -> None:
 
 def build_folder_task(data_config: Any, *, image_size: int, value_range: str) -> Task:
   """Builds a `Task` from image folders (`config.data.source = 'folder'`)."""
+  try:
+    return _build_folder_task(data_config, image_size=image_size, value_range=value_range)
+  except OSError as e:   # unreadable folders or list files (permissions, I/O errors)
+    where = e.filename or data_config.folder_root
+    raise DataError(f"cannot read {where}: {e.strerror or e}; check the files under "
+                    "config.data.folder_root") from None
+
+
+def _build_folder_task(data_config: Any, *, image_size: int, value_range: str) -> Task:
   if not data_config.folder_root:
     raise ConfigError("config.data.folder_root is empty; set it to the image root (e.g. "
                       "configs/vtab.py:dtd,source=folder,root=/data/dtd)")

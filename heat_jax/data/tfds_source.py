@@ -159,7 +159,10 @@ def make_loader(source: Sequence[dict[str, Any]], label_fn: LabelFn, *, image_si
                       f"{sorted(example)}); check config.data.label_fn") from None
     if binary_image:   # dsprites: {0, 1} -> {0, 255}
       image = np.where(image > 0, 255, 0).astype(np.uint8)
-    return resize_uint8(image, (image_size, image_size), resize_method), label
+    try:
+      return resize_uint8(image, (image_size, image_size), resize_method), label
+    except ValueError as e:   # not an [H, W(, C)] image
+      raise DataError(f"example {index}: {e}; heat_jax reads [H, W, 1|3|4] images") from None
 
   return load
 
