@@ -242,3 +242,32 @@ def test_tfds_loader_wraps_odd_examples():
   with pytest.raises(DataError, match=r"example 1 has no field 'label' \(it has \['image', "
                      r"'level'\]\); check config.data.label_fn"):
     load(1)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"tasks": "count,nosuch"}, "--tasks: 'nosuch' is not a synthetic task"),
+    ({"tasks": ","}, "--tasks is empty"),
+    ({"per_task": 0}, "--per_task=0 must be between 1 and 64"),
+    ({"image_size": 4}, "--image_size=4 must be between 8 and 512"),
+    ({"out": "grid.jpg"}, "must be a .png file name"),
+    ({"out": "missing/grid.png"}, "folder .*missing does not exist"),
+])
+def test_example_grid_arguments(tmp_path, kwargs, match):
+  from heat_jax.data import synthetic
+  args = {"out": "grid.png", "tasks": "count", "per_task": 2, "image_size": 16, **kwargs}
+  args["out"] = str(tmp_path / args["out"])
+  with pytest.raises(ConfigError, match=match):
+    synthetic.check_grid_args(**args)
+  assert not any(tmp_path.iterdir())
+
+
+def test_example_grid_cli_bad_input_is_one_line(tmp_path):
+  import subprocess
+  import sys
+  proc = subprocess.run([sys.executable, "-m", "heat_jax.data.synthetic", "--tasks=nosuch",
+                         f"--out={tmp_path / 'g.png'}"], capture_output=True, text=True,
+                        timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      proc.stderr.strip()] and proc.stderr.startswith("error: --tasks: 'nosuch'")
+  assert not any(tmp_path.iterdir())

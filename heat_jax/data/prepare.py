@@ -22,8 +22,9 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from heat_jax.data import absl_cli
 from heat_jax.data.tfds_source import (_first_line, check_data_dir, not_found_reason,
                                        raise_open_file_limit, resolve_data_dir)
 from heat_jax.data.vtab_tasks import ALIASES, MANUAL_INSTRUCTIONS, TASK_NAMES, TASKS
@@ -147,11 +148,7 @@ def main(argv: Sequence[str]) -> int:
   if FLAGS.list:
     print_tasks()
     return 0
-  try:
-    targets, data_dir = check_inputs(list(argv[1:]), FLAGS.data_dir, FLAGS.manual_dir)
-  except UserError as e:
-    print(f"error: {e.one_line()}", file=sys.stderr)
-    return 2
+  targets, data_dir = check_inputs(list(argv[1:]), FLAGS.data_dir, FLAGS.manual_dir)
   _hide_gpus_from_tf()
   raise_open_file_limit()
   failed = []
@@ -170,25 +167,8 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with the project's contract: a bad flag is one line, exit 2;
-  --help prints the usage and exits 0 (absl's own help exits 1)."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {' '.join(str(e).split())}; see --help", file=sys.stderr)
-    sys.exit(2)
-  except SystemExit as e:
-    asked = {a.split("=")[0].lstrip("-") for a in argv[1:]} & {"help", "helpshort",
-                                                                "helpfull", "?"}
-    if e.code == 1 and asked:
-      sys.exit(0)
-    raise
-
-
 def run(argv: Optional[Sequence[str]] = None) -> None:
-  define_flags()
-  app.run(main, argv=list(sys.argv if argv is None else argv), flags_parser=parse_flags)
+  absl_cli.run(main, define_flags, argv)
 
 
 if __name__ == "__main__":

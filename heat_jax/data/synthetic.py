@@ -41,22 +41,25 @@ reports val200 as `val` (then `info['val_in_train']` is True); `'train800'` trai
 train800 alone. Images are generated at the task's native resolution and resized
 with `resize_uint8` when `image_size` differs.
 
-`python -m heat_jax.data.synthetic --out examples.png` saves a grid of examples.
+`python -m heat_jax.data.synthetic --out examples.png` saves a grid of examples (absl flags,
+`--help`).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
+import os
 import zlib
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from absl import flags
 
 from heat_jax.data import register_source
 from heat_jax.data.base import ArraySplit, Task
 from heat_jax.data.preprocess import normalizer, resize_uint8
 from heat_jax.errors import ConfigError
+from heat_jax.io_utils import atomic_open
 
 Generator = Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
 
@@ -682,28 +685,56 @@ def save_example_grid(path: str, *, tasks: Sequence[str] = DOWNSTREAM_TASKS + ("
       ax.set_yticks([])
     axes[row, 0].set_ylabel(name, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with atomic_open(path, "wb") as f:   # no half-written PNG if interrupted
+    fig.savefig(f, dpi=100, format="png")
   plt.close(fig)
   return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description="Save a PNG grid of synthetic task examples.")
-  parser.add_argument("--out", default="synthetic_examples.png")
-  parser.add_argument("--tasks", default=",".join(DOWNSTREAM_TASKS + ("pretraining",)))
-  parser.add_argument("--per_task", type=int, default=8)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--image_size", type=int, default=64)
-  args = parser.parse_args(argv)
-  tasks = [t for t in args.tasks.split(",") if t]
-  try:
-    for t in tasks:
-      _check_name(t)
-  except ConfigError as err:
-    parser.error(err.one_line())
-  print(save_example_grid(args.out, tasks=tasks, per_task=args.per_task, seed=args.seed,
-                          image_size=args.image_size))
+def check_grid_args(out: str, tasks: str, per_task: int, image_size: int) -> list[str]:
+  """The task list of the example grid; ConfigError (one line) for a bad argument."""
+  names = [t.strip() for t in tasks.split(",") if t.strip()]
+  if not names:
+    raise ConfigError(f"--tasks is empty; use names from {', '.join(GENERATORS)}")
+  for name in names:
+    if name not in GENERATORS:
+      raise ConfigError(f"--tasks: {name!r} is not a synthetic task; use names from "
+                        f"{', '.join(GENERATORS)}")
+  if not 1 <= per_task <= 64:
+    raise ConfigError(f"--per_task={per_task} must be between 1 and 64")
+  if not 8 <= image_size <= 512:
+    raise ConfigError(f"--image_size={image_size} must be between 8 and 512")
+  parent = os.path.dirname(os.path.abspath(out))
+  if os.path.isdir(out) or not out.lower().endswith(".png"):
+    raise ConfigError(f"--out={out} must be a .png file name")
+  if not os.path.isdir(parent):
+    raise ConfigError(f"--out={out}: folder {parent} does not exist; create it first")
+  return names
+
+
+def _define_flags() -> None:
+  if "per_task" in flags.FLAGS:
+    return
+  flags.DEFINE_string("out", "synthetic_examples.png", "PNG file to write.")
+  flags.DEFINE_string("tasks", ",".join(DOWNSTREAM_TASKS + ("pretraining",)),
+                      "Comma-separated synthetic task names.")
+  flags.DEFINE_integer("per_task", 8, "Examples per task (one row each), 1-64.")
+  flags.DEFINE_integer("seed", 0, "Data seed.")
+  flags.DEFINE_integer("image_size", 64, "Resolution of the shown images, 8-512.")
+
+
+def main(argv: Sequence[str]) -> int:
+  """Saves the example grid (absl main; takes no positional arguments)."""
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; use --out, --tasks, "
+                      "--per_task, --seed, --image_size")
+  f = flags.FLAGS
+  tasks = check_grid_args(f.out, f.tasks, f.per_task, f.image_size)
+  print(save_example_grid(f.out, tasks=tasks, per_task=f.per_task, seed=f.seed,
+                          image_size=f.image_size))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  from heat_jax.data import absl_cli
+  absl_cli.run(main, _define_flags)
