@@ -85,7 +85,7 @@ def open_split(tfds_name: str, split: str, *, task: str, data_dir: str,
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(f"config.data.tfds_name={tfds_name!r}: "
-                      f"{not_found_reason(tfds_name)}") from None
+                    f"{not_found_reason(tfds_name)}") from None
   except Exception as e:  # pylint: disable=broad-except
     raise _diagnose(tfds_name, split, task, data_dir, where, e) from None
 
