@@ -83,3 +83,27 @@ def test_corrupt_cache_entry_is_ignored(tmp_path, cache):
   (entry,) = (cache / "sha256").iterdir()
   entry.write_text("garbage\n")
   assert io_utils.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_run_from_a_local_checkpoint_leaves_its_folder_unchanged(tiny_config, tmp_path,
+                                                                   cache):
+  """experiment.run hashes the base checkpoint into the cache, not beside the file."""
+  import json
+
+  from heat_jax import artifacts, checkpoints, experiment
+  from heat_jax.models import create_model
+  user = tmp_path / "user_checkpoints"
+  user.mkdir()
+  model = create_model(tiny_config.model.name, 4, image_size=tiny_config.model.image_size)
+  artifacts.export_merged(str(user / "mine.npz"), checkpoints.init_params(model))
+  before = {p.name: p.stat().st_mtime_ns for p in user.iterdir()}
+
+  tiny_config.model.pretrained = str(user / "mine.npz")
+  tiny_config.method.name = "linear"
+  tiny_config.train.epochs = 1
+  tiny_config.train.max_steps = 1
+  experiment.run(tiny_config, str(tmp_path / "run"), log=lambda *_: None)
+  assert {p.name: p.stat().st_mtime_ns for p in user.iterdir()} == before
+  recorded = json.dumps(json.loads((tmp_path / "run" / "results.json").read_text()))
+  assert hashlib.sha256((user / "mine.npz").read_bytes()).hexdigest() in recorded
+  assert len(list((cache / "sha256").iterdir())) == 1
