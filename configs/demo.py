@@ -10,8 +10,11 @@ and full fine-tuning. Small offline study, NOT a VTAB result.
   python run.py --config=configs/demo.py:seeds=3 # the 3-seed table of the README
   python run.py --config=configs/demo.py:tasks=texture+count,variants=heat+heat_random
 
-Arguments: seeds, tasks and variants (lists joined with `+`), epochs, budget (heads
-kept), strategy (TIS strategy), model, pretrain_steps, pretrain_images.
+Arguments: seeds (>= 1), tasks and variants (lists joined with `+`), epochs, budget
+(heads kept), strategy (TIS strategy), model, pretrain_steps, pretrain_images. Tasks:
+sprite_x, sprite_orientation, count, texture, digits (heat_jax/data/synthetic.py);
+variants: heat, heat_random, heat_bottom, lora, linear, full. `study.validate` checks
+every value before the pretraining starts.
 """
 
 import ml_collections

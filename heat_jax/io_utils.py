@@ -74,26 +74,39 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-  """Hex sha256 of a file, cached next to it in `<file>.sha256` when writable."""
-  path = Path(path)
-  side = path.with_name(path.name + ".sha256")
+  """Hex sha256 of a file, cached in `$HEAT_JAX_CACHE/sha256` (never beside the file).
+
+  The cache entry is keyed by the absolute path and holds the file's size, mtime (ns),
+  ctime (ns) and inode, so any change to the file (or a file replaced at the same
+  path) is hashed again. An unwritable cache only costs the reread.
+  """
+  path = Path(path).resolve()
   stat = path.stat()
-  stamp = f"{stat.st_size}:{int(stat.st_mtime)}"
-  if side.exists():
-    try:
-      cached_stamp, digest = side.read_text().split()
-      if cached_stamp == stamp:
+  stamp = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+  entry = _hash_cache_entry(path)
+  if entry is not None:
+    with contextlib.suppress(OSError, ValueError):
+      cached_stamp, digest = entry.read_text().split()
+      if cached_stamp == stamp and len(digest) == 64:
         return digest
-    except ValueError:
-      pass
   h = hashlib.sha256()
   with open(path, "rb") as f:
     while block := f.read(chunk):
       h.update(block)
   digest = h.hexdigest()
-  with contextlib.suppress(OSError):
-    write_text(side, f"{stamp} {digest}\n")
+  if entry is not None:
+    with contextlib.suppress(OSError):
+      write_text(entry, f"{stamp} {digest}\n")
   return digest
+
+
+def _hash_cache_entry(path: Path) -> Path | None:
+  """The cache file for an absolute path, or None when the cache dir is unusable."""
+  try:
+    folder = cache_dir("sha256")
+  except OSError:
+    return None
+  return folder / hashlib.sha256(str(path).encode()).hexdigest()[:40]
 
 
 def _json_default(obj: Any) -> Any:

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from heat_jax import experiment
+from heat_jax.errors import ConfigError
 from heat_jax.io_utils import cache_dir, write_json, write_text
 
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
@@ -54,10 +55,7 @@ def pretrained_backbone(config: ml_collections.ConfigDict, log=print) -> str:
       note = f" (held-out pretraining accuracy {top1:.3f})"
     log(f"[study] using cached pretrained backbone {path}{note}")
     return str(path)
-  if p.num_images < p.batch_size or p.steps < 1:
-    from heat_jax.errors import ConfigError
-    raise ConfigError(f"config.pretrain needs steps >= 1 and num_images >= batch_size "
-                      f"(got {p.steps}, {p.num_images}, {p.batch_size})")
+  check_pretrain(p)
   log(f"[study] pretraining the demo backbone ({p.steps} steps, once; cached at {path})")
   pre = copy.deepcopy(config.base)
   pre.method.name = "full"
@@ -92,6 +90,88 @@ def pretrained_backbone(config: ml_collections.ConfigDict, log=print) -> str:
   return str(path)
 
 
+def check_pretrain(p: ml_collections.ConfigDict) -> None:
+  if p.steps < 1 or p.batch_size < 1 or p.num_images < p.batch_size or p.lr <= 0:
+    raise ConfigError(f"config.pretrain needs steps >= 1, 1 <= batch_size <= num_images and "
+                      f"lr > 0 (got steps={p.steps}, batch_size={p.batch_size}, "
+                      f"num_images={p.num_images}, lr={p.lr}); e.g. "
+                      "configs/demo.py:pretrain_steps=1500,pretrain_images=20000")
+
+
+def _names(value: str, field: str, valid: Any, shown: Any) -> list[str]:
+  """The non-empty, known, distinct names of a comma list `config.study.<field>`."""
+  names = [n.strip() for n in str(value).split(",") if n.strip()]
+  hint = f"join names from {', '.join(shown)} with '+' (configs/demo.py:{field}=a+b)"
+  if not names:
+    raise ConfigError(f"config.study.{field} is empty; {hint}")
+  unknown = [n for n in names if n not in valid]
+  if unknown:
+    raise ConfigError(f"config.study.{field}: unknown {', '.join(map(repr, unknown))}; {hint}")
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise ConfigError(f"config.study.{field} lists {', '.join(twice)} more than once")
+  return names
+
+
+def variant_config(config: ml_collections.ConfigDict, task: str, variant: str, seed: int,
+                   backbone: str = "") -> ml_collections.ConfigDict:
+  """The run config of one (task, variant, seed) of the study."""
+  c = copy.deepcopy(config.base)
+  c.model.pretrained = backbone
+  c.data.task = task
+  c.seed = seed
+  c.heat.select_seed = seed   # heat_random: another random head set per seed
+  c.data.synthetic_seed = config.study.data_seed
+  c.update_from_flattened_dict(VARIANTS[variant])
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
+  """(tasks, variants) after checking every value of the study before any work.
+
+  ConfigError (one line) for unknown or repeated tasks / variants, seeds < 1, a bad
+  data seed, pretraining settings, model, epochs, budget, strategy or data sizes, so
+  that nothing (not even the pretraining) starts on a config that would fail later.
+  """
+  from heat_jax import importance
+  from heat_jax.data import check_config, synthetic
+  from heat_jax.models import create_model, head_layout, model_family
+  s = config.study
+  tasks = _names(s.tasks, "tasks", synthetic.GENERATORS, synthetic.DOWNSTREAM_TASKS)
+  variants = _names(s.variants, "variants", VARIANTS, VARIANTS)
+  for field, least in (("seeds", 1), ("data_seed", 0)):
+    value = s.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ConfigError(f"config.study.{field}={value!r} must be an integer >= {least}")
+  check_pretrain(config.pretrain)
+  layout = head_layout(create_model(config.base.model.name, 2))   # ConfigError if unknown
+  for variant in variants:
+    c = variant_config(config, tasks[0], variant, 0)
+    experiment.validate(c)
+    if c.method.name == "heat":
+      importance.check_strategy(c.importance.strategy)
+      if c.heat.scope not in importance.SCOPES:
+        raise ConfigError(f"config.heat.scope={c.heat.scope!r} is not one of "
+                          f"{importance.SCOPES}")
+      units = ([layout.total_heads] if c.heat.scope == "global"
+               else list(layout.heads_per_layer))
+      try:
+        for n in units:
+          importance.heads_to_keep(n, c.heat.budget, c.heat.deactivate,
+                                   where=f"{c.model.name} ({c.heat.scope} scope)")
+      except ConfigError as e:
+        raise ConfigError(f"config.heat (demo: budget=...): {e.one_line()}") from None
+  for task in tasks:
+    c = variant_config(config, task, variants[0], 0)
+    check_config(c.data, model_family=model_family(c.model.name))
+    sizes = synthetic.check_config(c.data)
+    n_train = sizes["train800"] + (sizes["val200"] if c.data.train_split != "train800" else 0)
+    if c.train.batch_size > n_train:
+      raise ConfigError(f"config.base.train.batch_size={c.train.batch_size} is larger than "
+                        f"the {n_train} training images of {task}; lower it")
+  return tasks, variants
+
+
 def enable_compilation_cache(log=print) -> None:
   """Persists XLA executables under `$HEAT_JAX_CACHE/demo/xla` (unless one is set).
 
@@ -112,12 +192,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
   """Runs every (task, variant, seed) and writes results.json / results.md."""
   start = time.time()
   s = config.study
-  tasks = [t for t in s.tasks.split(",") if t]
-  variants = [v for v in s.variants.split(",") if v]
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    from heat_jax.errors import ConfigError
-    raise ConfigError(f"config.study.variants: unknown {unknown}; use {sorted(VARIANTS)}")
+  tasks, variants = validate(config)   # before any directory, pretraining or run
   log(f"[study] {HEADER}: {config.base.model.name}, tasks {', '.join(tasks)}; "
       f"{len(variants)} variants x {s.seeds} seed(s)")
   os.makedirs(workdir, exist_ok=True)
@@ -128,13 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
   for task in tasks:
     for seed in range(s.seeds):
       for variant in variants:
-        c = copy.deepcopy(config.base)
-        c.model.pretrained = backbone
-        c.data.task = task
-        c.seed = seed
-        c.heat.select_seed = seed   # heat_random: another random head set per seed
-        c.data.synthetic_seed = s.data_seed
-        c.update_from_flattened_dict(VARIANTS[variant])
+        c = variant_config(config, task, variant, seed, backbone)
         run_dir = os.path.join(workdir, task, variant, f"seed{seed}")
         shutil.rmtree(run_dir, ignore_errors=True)   # a study always runs afresh
         tic = time.time()

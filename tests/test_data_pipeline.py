@@ -274,15 +274,16 @@ def test_data_dir_resolution_and_prepare_targets(monkeypatch):
                                                        ("mnist:3.*.*", "mnist:3.*.*")]
 
 
-def test_prepare_without_tensorflow_exits_2():
+def test_prepare_without_tensorflow_exits_2(tmp_path):
   if __import__("importlib").util.find_spec("tensorflow") is not None:
     pytest.skip("TensorFlow is installed")
   proc = subprocess.run([sys.executable, "-m", "heat_jax.data.prepare", "dtd",
-                         "--data_dir=/nonexistent"], capture_output=True, text=True,
+                         f"--data_dir={tmp_path / 'new'}"], capture_output=True, text=True,
                         timeout=60, cwd=Path(__file__).parents[1])
   assert proc.returncode == 2
   assert 'pip install -e ".[tf]"' in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "new").exists()   # the checks create nothing
 
 
 # ----------------------------------------------------------------------------- folders
@@ -384,16 +385,17 @@ def test_folder_errors(tmp_path):
     build_task(folder_config(tmp_path), model_family="vit", image_size=SIZE)
   assert "\n" not in str(info.value)
   make_folders(tmp_path, {"test": 1})
-  (tmp_path / "train800val200" / "empty_class").mkdir()
+  for split in ("train800val200", "test"):
+    (tmp_path / split / "empty_class").mkdir()
   with pytest.raises(DataError, match="empty_class has no"):
     build_task(folder_config(tmp_path), model_family="vit", image_size=SIZE)
-  os.rmdir(tmp_path / "train800val200" / "empty_class")
+  for split in ("train800val200", "test"):
+    os.rmdir(tmp_path / split / "empty_class")
   with pytest.raises(DataError, match="3 class folders .*num_classes=47"):
     build_task(folder_config(tmp_path, num_classes=47), model_family="vit", image_size=SIZE)
   (tmp_path / "test" / "banded" / "banded_0.png").write_bytes(b"not a png")
-  task = build_task(folder_config(tmp_path), model_family="vit", image_size=SIZE)
-  with pytest.raises(DataError, match="cannot read image"):
-    list(task.test.batches(2))
+  with pytest.raises(DataError, match="1 of 3 images cannot be read, first .*banded_0.png"):
+    build_task(folder_config(tmp_path), model_family="vit", image_size=SIZE)   # at load
   with pytest.raises(ConfigError, match="folder_root"):
     build_task(folder_config(""), model_family="vit", image_size=SIZE)
 

@@ -7,6 +7,7 @@ Sources register themselves by name (`config.data.source`): `tfds`, `folder`,
 from __future__ import annotations
 
 import importlib
+import numbers
 from typing import Any, Callable
 
 from heat_jax.data.base import ArraySplit, Batch, Split, Task
@@ -22,20 +23,42 @@ def register_source(name: str, builder: Callable[..., Task]) -> None:
   _SOURCES[name] = builder
 
 
-def build_task(data_config: Any, *, model_family: str, image_size: int) -> Task:
-  """Builds the task described by `config.data` for a model family and image size."""
-  from heat_jax.data.preprocess import resolve_value_range
+def _is_count(value: Any, *, minimum: int) -> bool:
+  return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          and value >= minimum)
+
+
+def check_config(data_config: Any, *, model_family: str = "vit") -> str:
+  """Cheap checks of `config.data` shared by every source (no files read); returns the
+  resolved value range. ConfigError on an unknown source, value range, resize method
+  or a negative class count."""
+  from heat_jax.data.preprocess import check_resize_method, resolve_value_range
   source = data_config.source
   if source not in _SOURCES and source in _SOURCE_MODULES:
     importlib.import_module(_SOURCE_MODULES[source])
   if source not in _SOURCES:
     raise ConfigError(f"config.data.source={source!r} is not one of "
                       f"{sorted(set(_SOURCES) | set(_SOURCE_MODULES))}")
-  value_range = resolve_value_range(data_config.value_range, model_family)
-  task = _SOURCES[source](data_config, image_size=image_size, value_range=value_range)
+  check_resize_method(data_config.get("resize_method", "bicubic"))
+  num_classes = data_config.get("num_classes", 0)
+  if not _is_count(num_classes, minimum=0):
+    raise ConfigError(f"config.data.num_classes={num_classes!r} must be an integer >= 0 "
+                      "(0 = read it from the data)")
+  return resolve_value_range(data_config.value_range, model_family)
+
+
+def build_task(data_config: Any, *, model_family: str, image_size: int) -> Task:
+  """Builds the task described by `config.data` for a model family and image size."""
+  value_range = check_config(data_config, model_family=model_family)
+  if not _is_count(image_size, minimum=1):
+    raise ConfigError(f"image size {image_size!r} must be a positive integer; check "
+                      "config.model.image_size")
+  task = _SOURCES[data_config.source](data_config, image_size=image_size,
+                                      value_range=value_range)
   task.info.setdefault("value_range", value_range)
   task.info.setdefault("resize_method", data_config.get("resize_method", "bicubic"))
   return task
 
 
-__all__ = ["ArraySplit", "Batch", "Split", "Task", "build_task", "register_source"]
+__all__ = ["ArraySplit", "Batch", "Split", "Task", "build_task", "check_config",
+           "register_source"]

@@ -11,10 +11,17 @@
 Split strings may slice and join like TFDS: `train[:800]+val[:200]`, `test[50%:]`. Folder
 layouts (1, 3) are sliced in a fixed pseudo-random order (a hash of each file's path),
 so `[:800]` covers all classes; list files keep their own order.
+
+Everything is checked when the task is built, before any model or weights: every
+class-folder split must hold the same classes, labels must lie in [0, num_classes), and
+every image of a streamed split (the test split) is decoded once, so a corrupt file is
+named at load time rather than at the first evaluation. Hidden entries (`.*`, such as
+`.ipynb_checkpoints` or macOS `._x.jpg` files) and `__MACOSX` folders are ignored.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import re
@@ -28,10 +35,12 @@ from heat_jax.data import register_source
 from heat_jax.data.base import Task
 from heat_jax.data.preprocess import (check_resize_method, normalizer, resize_uint8,
                                       split_names)
-from heat_jax.data.stream import Loader, make_splits
+from heat_jax.data.stream import Loader, default_workers, held_in_memory, make_splits
 from heat_jax.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# What PIL raises for a file it cannot decode (DecompressionBombError is no OSError).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 DTD_SPLITS = {"train": "train1", "validation": "val1", "test": "test1",
               "train800": "train1[:800]", "val200": "val1[:200]",
               "train800val200": "train1[:800]+val1[:200]"}
@@ -52,20 +61,50 @@ def parse_split(expr: str) -> list[tuple[str, Optional[str], Optional[str]]]:
   return parts
 
 
-def _bound(value: Optional[str], n: int, expr: str) -> Optional[int]:
+def _bound(value: Optional[str], n: int, expr: str, name: str,
+           clamp: bool = False) -> Optional[int]:
+  """A slice bound; like TFDS, an absolute bound beyond the split's size is an error
+  (unless `clamp`)."""
   if value is None:
     return None
   try:
     if value.endswith("%"):
       return int(round(n * float(value[:-1]) / 100))
-    return int(value)
+    bound = int(value)
   except ValueError:
     raise ConfigError(f"bad slice bound {value!r} in split {expr!r}; use an int or a "
                       "percentage such as 50%") from None
+  if abs(bound) > n and not clamp:
+    raise DataError(f"split {expr!r}: bound {bound} is beyond the {n} images of {name!r}; "
+                    "use a smaller bound or a percentage")
+  return bound
+
+
+def _visible(path: Path) -> bool:
+  """False for hidden entries and macOS archive debris, which are never data."""
+  return not path.name.startswith(".") and path.name != "__MACOSX"
 
 
 def _is_image(path: Path) -> bool:
-  return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+  return _visible(path) and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+  return sorted(p for p in split_dir.iterdir() if p.is_dir() and _visible(p))
+
+
+def _read_text(path: Path) -> str:
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError:
+    raise DataError(f"list file {path} is not UTF-8 text; it needs lines "
+                    "'<relative path> <label>'") from None
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+  """'a, b, c' or 'a, b, c, d, e and 7 more'."""
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
 
 
 def _hash_order(paths: list[str], root: Path) -> list[int]:
@@ -84,20 +123,38 @@ class FolderDataset:
                       "extracted dtd/ folder")
     dtd = self.root / "dtd" if (self.root / "dtd" / "labels").is_dir() else self.root
     self.dtd_root = dtd if (dtd / "images").is_dir() and (dtd / "labels").is_dir() else None
-    # sorted class names over the class-folder splits `names` (or DTD's images/)
-    found = {d.name for name in names if (self.root / name).is_dir()
-             for d in (self.root / name).iterdir() if d.is_dir()}
+    # sorted class names of the class-folder splits `names` (or of DTD's images/)
+    per_split = {name: {d.name for d in _class_dirs(self.root / name)}
+                 for name in dict.fromkeys(names) if (self.root / name).is_dir()}
+    self._check_same_classes(per_split)
+    found = set().union(*per_split.values())
     if not found and self.dtd_root is not None:
-      found = {d.name for d in (self.dtd_root / "images").iterdir() if d.is_dir()}
+      found = {d.name for d in _class_dirs(self.dtd_root / "images")}
     self.classes = sorted(found)
     self.class_index = {c: i for i, c in enumerate(self.classes)}
 
-  def split(self, expr: str) -> Entries:
+  def _check_same_classes(self, per_split: dict[str, set[str]]) -> None:
+    """DataError naming each split's extra / missing class folders (vs the first split)."""
+    if len({frozenset(c) for c in per_split.values()}) <= 1:
+      return
+    (ref_name, ref), *others = per_split.items()
+    parts = []
+    for name, classes in others:
+      extra, missing = sorted(classes - ref), sorted(ref - classes)
+      diff = ([f"extra {_some(extra)}"] if extra else []) + (
+          [f"missing {_some(missing)}"] if missing else [])
+      if diff:
+        parts.append(f"{name}/ has {' and '.join(diff)}")
+    raise DataError(f"class folders differ between splits under {self.root}: "
+                    f"{'; '.join(parts)} (compared with {ref_name}/); labels are the sorted "
+                    "folder names, so every split needs the same <class> folders")
+
+  def split(self, expr: str, clamp: bool = False) -> Entries:
     """Entries of a split expression such as `train[:800]+val[:200]`."""
     entries: Entries = []
     for name, start, stop in parse_split(expr):
       items = self._named(name)
-      lo, hi = _bound(start, len(items), expr), _bound(stop, len(items), expr)
+      lo, hi = (_bound(b, len(items), expr, name, clamp) for b in (start, stop))
       entries.extend(items[lo:hi])
     return entries
 
@@ -109,7 +166,7 @@ class FolderDataset:
     if self.dtd_root is not None and (name in DTD_SPLITS or
                                       (self.dtd_root / "labels" / f"{name}.txt").is_file()):
       if name in DTD_SPLITS and DTD_SPLITS[name] != name:
-        return self.split(DTD_SPLITS[name])
+        return self.split(DTD_SPLITS[name], clamp=True)   # VTAB names on a small copy
       return self._dtd_list(name)
     raise DataError(f"split {name!r} not found under {self.root}: expected a folder "
                     f"{self.root / name}/<class>/*.jpg or a list file {self.root / name}.txt; "
@@ -118,7 +175,11 @@ class FolderDataset:
   def _class_folders(self, split_dir: Path) -> Entries:
     index = self.class_index
     entries: Entries = []
-    for d in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+    loose = sorted(f.name for f in split_dir.iterdir() if _is_image(f))
+    if loose:
+      raise DataError(f"{split_dir} holds images outside class folders ({_some(loose, 3)}); "
+                      f"move them into {split_dir}/<class>/ folders")
+    for d in _class_dirs(split_dir):
       files = sorted(str(f) for f in d.iterdir() if _is_image(f))
       if not files:
         raise DataError(f"class folder {d} has no {'/'.join(IMAGE_SUFFIXES)} images; add images "
@@ -130,7 +191,7 @@ class FolderDataset:
 
   def _list_file(self, path: Path, base: Path) -> Entries:
     entries: Entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
       if not line.strip():
         continue
       fields = line.rsplit(maxsplit=1)
@@ -146,7 +207,7 @@ class FolderDataset:
     index = self.class_index
     images = self.dtd_root / "images"
     entries: Entries = []
-    for line in (self.dtd_root / "labels" / f"{name}.txt").read_text().split():
+    for line in _read_text(self.dtd_root / "labels" / f"{name}.txt").split():
       cls = line.split("/")[0]
       if cls not in index:
         raise DataError(f"{self.dtd_root}/labels/{name}.txt lists {line!r} but {images}/{cls} "
@@ -165,15 +226,58 @@ def make_loader(entries: Entries, *, image_size: int, resize_method: str) -> Loa
     try:
       with Image.open(path) as im:
         image = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
+    except DECODE_ERRORS as e:
       raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
     return resize_uint8(image, (image_size, image_size), resize_method), label
 
   return load
 
 
+def _decode_error(path: str) -> Optional[str]:
+  """None if the image decodes, else why not (one line)."""
+  try:
+    with Image.open(path) as im:
+      im.draft("RGB", (1, 1))   # JPEG: decode at 1/8 scale; still reads every byte
+      im.load()
+  except DECODE_ERRORS as e:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+  return None
+
+
+def check_decodable(entries: Entries, expr: str, workers: Optional[int] = None) -> None:
+  """Decodes every image once; DataError naming the first that fails (and how many)."""
+  paths = list(dict.fromkeys(p for p, _ in entries))
+  workers = default_workers() if workers is None else workers
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    errors = [(p, e) for p, e in zip(paths, pool.map(_decode_error, paths)) if e]
+  if errors:
+    path, why = errors[0]
+    raise DataError(f"split {expr!r}: {len(errors)} of {len(paths)} images cannot be read, "
+                    f"first {path} ({why}); remove or replace them")
+
+
+def check_entry_labels(entries: Entries, num_classes: int, expr: str) -> None:
+  """DataError naming the first image whose label lies outside [0, num_classes)."""
+  bad = [(p, label) for p, label in entries if not 0 <= label < num_classes]
+  if bad:
+    path, label = bad[0]
+    raise DataError(f"split {expr!r}: {path} has label {label}, outside [0, {num_classes}) "
+                    f"({len(bad)} such images); fix the list file or "
+                    "config.data.num_classes")
+
+
 def build_folder_task(data_config: Any, *, image_size: int, value_range: str) -> Task:
   """Builds a `Task` from image folders (`config.data.source = 'folder'`)."""
+  try:
+    return _build_folder_task(data_config, image_size=image_size, value_range=value_range)
+  except OSError as e:   # unreadable folders or list files (permissions, I/O errors)
+    where = e.filename or data_config.folder_root
+    raise DataError(f"cannot read {where}: {e.strerror or e}; check the files under "
+                    "config.data.folder_root") from None
+
+
+def _build_folder_task(data_config: Any, *, image_size: int, value_range: str) -> Task:
   if not data_config.folder_root:
     raise ConfigError("config.data.folder_root is empty; set it to the image root (e.g. "
                       "configs/vtab.py:dtd,source=folder,root=/data/dtd)")
@@ -182,6 +286,10 @@ def build_folder_task(data_config: Any, *, image_size: int, value_range: str) ->
   names = [name for expr in splits.values() if expr for name, _, _ in parse_split(expr)]
   dataset = FolderDataset(data_config.folder_root, names)
   entries = {role: dataset.split(expr) for role, expr in splits.items() if expr}
+  for role, items in entries.items():
+    if not items:
+      raise DataError(f"split {splits[role]!r} selects no images under {dataset.root}; "
+                      f"check the slice in config.data.{role}_split")
   classes = dataset.classes
   num_classes = int(data_config.num_classes) or len(classes)
   if not num_classes:
@@ -190,6 +298,13 @@ def build_folder_task(data_config: Any, *, image_size: int, value_range: str) ->
     raise DataError(f"found {len(classes)} class folders under {dataset.root} but "
                     f"config.data.num_classes={num_classes}; add the missing classes or set "
                     "config.data.num_classes=0 to use the folders")
+  for role, items in entries.items():
+    check_entry_labels(items, num_classes, splits[role])
+  seen = set()   # make_splits decodes in-memory splits and shares repeated split strings
+  for role, items in entries.items():
+    if splits[role] not in seen and not held_in_memory(role, len(items)):
+      check_decodable(items, splits[role])
+    seen.add(splits[role])
   normalize = normalizer(value_range)
   task_name = data_config.task or dataset.root.name
   made = make_splits(

@@ -89,6 +89,20 @@ LABEL_FNS: dict[str, LabelFn] = {
 }
 
 
+# The top-level example fields each label function reads (checked against the dataset's
+# features before any example is decoded).
+LABEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "label": ("label",),
+    "clevr_count": ("objects",),
+    "clevr_dist": ("objects",),
+    "kitti_dist": ("objects",),
+    "dsprites_loc": ("label_x_position",),
+    "dsprites_ori": ("label_orientation",),
+    "smallnorb_azi": ("label_azimuth",),
+    "smallnorb_ele": ("label_elevation",),
+}
+
+
 def get_label_fn(name: str) -> LabelFn:
   """The label function called `name` (`config.data.label_fn`)."""
   if name not in LABEL_FNS:

@@ -109,6 +109,11 @@ def load_in_memory(name: str, num_examples: int, load: Loader, normalize: Normal
   return ArraySplit(name, images, labels, normalize)
 
 
+def held_in_memory(role: str, num_examples: int) -> bool:
+  """Whether `make_splits` decodes a split once into memory (else it streams it)."""
+  return role != "test" and num_examples <= MAX_IN_MEMORY
+
+
 def make_splits(task_name: str, splits: dict[str, str], sizes: dict[str, int],
                 loaders: dict[str, Loader], normalize: Normalizer, *,
                 num_classes: int) -> dict:
@@ -121,7 +126,7 @@ def make_splits(task_name: str, splits: dict[str, str], sizes: dict[str, int],
       made[role] = made[same]
       continue
     name, n = f"{task_name}:{expr}", sizes[role]
-    if role != "test" and n <= MAX_IN_MEMORY:
+    if held_in_memory(role, n):
       made[role] = load_in_memory(name, n, loaders[role], normalize, num_classes=num_classes)
     else:
       made[role] = StreamSplit(name, n, loaders[role], normalize, num_classes=num_classes)

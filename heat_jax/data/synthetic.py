@@ -41,22 +41,25 @@ reports val200 as `val` (then `info['val_in_train']` is True); `'train800'` trai
 train800 alone. Images are generated at the task's native resolution and resized
 with `resize_uint8` when `image_size` differs.
 
-`python -m heat_jax.data.synthetic --out examples.png` saves a grid of examples.
+`python -m heat_jax.data.synthetic --out examples.png` saves a grid of examples (absl flags,
+`--help`).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
+import os
 import zlib
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from absl import flags
 
 from heat_jax.data import register_source
 from heat_jax.data.base import ArraySplit, Task
 from heat_jax.data.preprocess import normalizer, resize_uint8
 from heat_jax.errors import ConfigError
+from heat_jax.io_utils import atomic_open
 
 Generator = Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
 
@@ -560,15 +563,16 @@ def _digits_split(split: str, n: int, *, seed: int, image_size: int, resize_meth
   return _resize_all(images[idx], image_size, resize_method), labels[idx].astype(np.int32)
 
 
-def make_task(name: str, *, seed: int, image_size: int, value_range: str,
-              num_train: int = 1000, num_val: int = 200, num_test: int = 1000,
-              train_split: str = "train800val200", resize_method: str = "bicubic") -> Task:
-  """Builds a synthetic `Task` (in-memory splits) from a seed; see the module docstring.
+DIGITS_TOTAL = 1797   # images in sklearn's load_digits
 
-  `num_train` is the size of train800 + val200 and `num_val` that of val200. For
-  `digits` the test split holds min(num_test, 1797 - num_train) images.
+
+def split_sizes(name: str, *, num_train: int, num_val: int, num_test: int,
+                train_split: str = "train800val200", seed: int = 0) -> dict[str, int]:
+  """{'train800', 'val200', 'test'} sizes of a synthetic task; ConfigError when invalid.
+
+  Generates nothing, so callers can check a whole study's tasks up front.
   """
-  gen, k, native = GENERATORS[_check_name(name)]
+  _check_name(name)
   if train_split not in TRAIN_SPLITS:
     raise ConfigError(f"config.data.train_split={train_split!r} is not valid for synthetic "
                       f"data; use one of {', '.join(TRAIN_SPLITS)}")
@@ -577,13 +581,43 @@ def make_task(name: str, *, seed: int, image_size: int, value_range: str,
                       f"(got num_train={num_train}, num_val={num_val}, num_test={num_test})")
   sizes = {"train800": num_train - num_val, "val200": num_val, "test": num_test}
   if name == "digits":
-    total = len(_digits_data()[1])
-    if num_train >= total:
-      raise ConfigError(f"the digits task has {total} images; num_train={num_train} "
+    if num_train >= DIGITS_TOTAL:
+      raise ConfigError(f"the digits task has {DIGITS_TOTAL} images; num_train={num_train} "
                         "leaves none for testing")
-    sizes["test"] = min(num_test, total - num_train)
+    sizes["test"] = min(num_test, DIGITS_TOTAL - num_train)
   if seed < 0:
     raise ConfigError(f"config.data.synthetic_seed={seed} must be >= 0")
+  return sizes
+
+
+def check_config(data_config: Any) -> dict[str, int]:
+  """Every check of `build_synthetic` without generating data; returns the split sizes."""
+  name = _check_name(data_config.task)
+  k = GENERATORS[name][1]
+  if data_config.num_classes not in (0, k):
+    raise ConfigError(f"config.data.num_classes={data_config.num_classes} but synthetic "
+                      f"task {name!r} has {k} classes; set it to {k} or 0")
+  for field, valid in (("val_split", ("", "val200")), ("test_split", ("", "test"))):
+    if data_config.get(field, "") not in valid:
+      raise ConfigError(f"config.data.{field}={data_config.get(field)!r} is not valid for "
+                        f"synthetic data; use {valid[1]!r} or ''")
+  return split_sizes(name, num_train=int(data_config.num_train),
+                     num_val=int(data_config.num_val), num_test=int(data_config.num_test),
+                     train_split=data_config.train_split or "train800val200",
+                     seed=int(data_config.synthetic_seed))
+
+
+def make_task(name: str, *, seed: int, image_size: int, value_range: str,
+              num_train: int = 1000, num_val: int = 200, num_test: int = 1000,
+              train_split: str = "train800val200", resize_method: str = "bicubic") -> Task:
+  """Builds a synthetic `Task` (in-memory splits) from a seed; see the module docstring.
+
+  `num_train` is the size of train800 + val200 and `num_val` that of val200. For
+  `digits` the test split holds min(num_test, 1797 - num_train) images.
+  """
+  _, k, native = GENERATORS[_check_name(name)]
+  sizes = split_sizes(name, num_train=num_train, num_val=num_val, num_test=num_test,
+                      train_split=train_split, seed=seed)
   norm = normalizer(value_range)
   splits = {}
   for split, n in sizes.items():
@@ -607,16 +641,9 @@ def make_task(name: str, *, seed: int, image_size: int, value_range: str,
 
 def build_synthetic(data_config: Any, *, image_size: int, value_range: str) -> Task:
   """The `synthetic` source: `config.data.task` names one of GENERATORS."""
-  name = _check_name(data_config.task)
-  k = GENERATORS[name][1]
-  if data_config.num_classes not in (0, k):
-    raise ConfigError(f"config.data.num_classes={data_config.num_classes} but synthetic "
-                      f"task {name!r} has {k} classes")
+  check_config(data_config)
+  name, k = data_config.task, GENERATORS[data_config.task][1]
   train_split = data_config.train_split or "train800val200"
-  for field, valid in (("val_split", ("", "val200")), ("test_split", ("", "test"))):
-    if data_config.get(field, "") not in valid:
-      raise ConfigError(f"config.data.{field}={data_config.get(field)!r} is not valid for "
-                        f"synthetic data; use {valid[1]!r} or ''")
   task = make_task(name, seed=int(data_config.synthetic_seed), image_size=image_size,
                    value_range=value_range, num_train=int(data_config.num_train),
                    num_val=int(data_config.num_val), num_test=int(data_config.num_test),
@@ -658,28 +685,56 @@ def save_example_grid(path: str, *, tasks: Sequence[str] = DOWNSTREAM_TASKS + ("
       ax.set_yticks([])
     axes[row, 0].set_ylabel(name, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with atomic_open(path, "wb") as f:   # no half-written PNG if interrupted
+    fig.savefig(f, dpi=100, format="png")
   plt.close(fig)
   return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description="Save a PNG grid of synthetic task examples.")
-  parser.add_argument("--out", default="synthetic_examples.png")
-  parser.add_argument("--tasks", default=",".join(DOWNSTREAM_TASKS + ("pretraining",)))
-  parser.add_argument("--per_task", type=int, default=8)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--image_size", type=int, default=64)
-  args = parser.parse_args(argv)
-  tasks = [t for t in args.tasks.split(",") if t]
-  try:
-    for t in tasks:
-      _check_name(t)
-  except ConfigError as err:
-    parser.error(err.one_line())
-  print(save_example_grid(args.out, tasks=tasks, per_task=args.per_task, seed=args.seed,
-                          image_size=args.image_size))
+def check_grid_args(out: str, tasks: str, per_task: int, image_size: int) -> list[str]:
+  """The task list of the example grid; ConfigError (one line) for a bad argument."""
+  names = [t.strip() for t in tasks.split(",") if t.strip()]
+  if not names:
+    raise ConfigError(f"--tasks is empty; use names from {', '.join(GENERATORS)}")
+  for name in names:
+    if name not in GENERATORS:
+      raise ConfigError(f"--tasks: {name!r} is not a synthetic task; use names from "
+                        f"{', '.join(GENERATORS)}")
+  if not 1 <= per_task <= 64:
+    raise ConfigError(f"--per_task={per_task} must be between 1 and 64")
+  if not 8 <= image_size <= 512:
+    raise ConfigError(f"--image_size={image_size} must be between 8 and 512")
+  parent = os.path.dirname(os.path.abspath(out))
+  if os.path.isdir(out) or not out.lower().endswith(".png"):
+    raise ConfigError(f"--out={out} must be a .png file name")
+  if not os.path.isdir(parent):
+    raise ConfigError(f"--out={out}: folder {parent} does not exist; create it first")
+  return names
+
+
+def _define_flags() -> None:
+  if "per_task" in flags.FLAGS:
+    return
+  flags.DEFINE_string("out", "synthetic_examples.png", "PNG file to write.")
+  flags.DEFINE_string("tasks", ",".join(DOWNSTREAM_TASKS + ("pretraining",)),
+                      "Comma-separated synthetic task names.")
+  flags.DEFINE_integer("per_task", 8, "Examples per task (one row each), 1-64.")
+  flags.DEFINE_integer("seed", 0, "Data seed.")
+  flags.DEFINE_integer("image_size", 64, "Resolution of the shown images, 8-512.")
+
+
+def main(argv: Sequence[str]) -> int:
+  """Saves the example grid (absl main; takes no positional arguments)."""
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; use --out, --tasks, "
+                      "--per_task, --seed, --image_size")
+  f = flags.FLAGS
+  tasks = check_grid_args(f.out, f.tasks, f.per_task, f.image_size)
+  print(save_example_grid(f.out, tasks=tasks, per_task=f.per_task, seed=f.seed,
+                          image_size=f.image_size))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  from heat_jax.data import absl_cli
+  absl_cli.run(main, _define_flags)

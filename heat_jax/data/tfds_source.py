@@ -16,7 +16,7 @@ import numpy as np
 
 from heat_jax.data import register_source
 from heat_jax.data.base import Task
-from heat_jax.data.labels import LabelFn, get_label_fn
+from heat_jax.data.labels import LABEL_FIELDS, LabelFn, get_label_fn
 from heat_jax.data.preprocess import (check_resize_method, normalizer, resize_uint8,
                                       split_names)
 from heat_jax.data.stream import Loader, make_splits
@@ -36,6 +36,29 @@ def resolve_data_dir(data_dir: str = "") -> tuple[str, str]:
   if os.environ.get("TFDS_DATA_DIR"):
     return os.environ["TFDS_DATA_DIR"], "$TFDS_DATA_DIR"
   return os.path.join(os.path.expanduser("~"), "tensorflow_datasets"), "the TFDS default"
+
+
+def check_data_dir(data_dir: str, where: str, *, for_writing: bool = False) -> None:
+  """ConfigError when a local data dir is a file, or (for writing) cannot be created or
+  written. Remote paths (`gs://...`) are left to TFDS. Nothing is created here."""
+  if "://" in data_dir:
+    return
+  path = os.path.abspath(os.path.expanduser(data_dir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"data dir {data_dir} (from {where}) is a file, not a directory; "
+                      "point it at a directory")
+  if not for_writing:
+    return
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f"data dir {data_dir} (from {where}) cannot be created: {existing} is "
+                      "a file; pick another directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = ("is not writable" if existing == path
+            else f"cannot be created ({existing} is not writable)")
+    raise ConfigError(f"data dir {data_dir} (from {where}) {what}; pick a writable directory")
 
 
 def prepare_hint(task: str, data_dir: str) -> str:
@@ -61,15 +84,34 @@ def open_split(tfds_name: str, split: str, *, task: str, data_dir: str,
   try:
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f"TFDS has no dataset {tfds_name.split(':')[0]!r} (config.data.tfds_name="
-                    f"{tfds_name!r}); use a name from `tfds.list_builders()`") from None
+    raise DataError(f"config.data.tfds_name={tfds_name!r}: "
+                    f"{not_found_reason(tfds_name)}") from None
   except Exception as e:  # pylint: disable=broad-except
     raise _diagnose(tfds_name, split, task, data_dir, where, e) from None
 
 
+def not_found_reason(tfds_name: str) -> str:
+  """Why TFDS found no builder for `name[/config][:version]` (a message fragment)."""
+  import tensorflow_datasets as tfds
+  base, _, version = tfds_name.partition(":")
+  if version:
+    try:
+      tfds.builder_cls(base.split("/")[0])
+      return (f"bad version {version!r}; write it like 3.*.* or 3.0.1 "
+              f"(e.g. {base}:3.*.*), or leave it out")
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return (f"TFDS has no dataset {base.split('/')[0]!r}; use a name from "
+          "tfds.list_builders(), as name[/config][:version]")
+
+
 def _first_line(e: BaseException) -> str:
+  """'ExcType: first line', without TFDS' 'Failed to construct dataset ...: ' preamble."""
   text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0] if text else ''}"
+  line = text[0] if text else ""
+  if line.startswith("Failed to construct dataset") and '}": ' in line:
+    line = line.split('}": ', 1)[1]
+  return f"{type(e).__name__}: {line}"
 
 
 def _diagnose(tfds_name: str, split: str, task: str, data_dir: str, where: str,
@@ -109,10 +151,18 @@ def make_loader(source: Sequence[dict[str, Any]], label_fn: LabelFn, *, image_si
 
   def load(index: int) -> tuple[np.ndarray, int]:
     example = source[index]
-    image = np.asarray(example[image_key])
+    try:
+      image = np.asarray(example[image_key])
+      label = label_fn(example)
+    except KeyError as e:   # features unknown up front (check_features had nothing to check)
+      raise DataError(f"example {index} has no field {e.args[0]!r} (it has "
+                      f"{sorted(example)}); check config.data.label_fn") from None
     if binary_image:   # dsprites: {0, 1} -> {0, 255}
       image = np.where(image > 0, 255, 0).astype(np.uint8)
-    return resize_uint8(image, (image_size, image_size), resize_method), label_fn(example)
+    try:
+      return resize_uint8(image, (image_size, image_size), resize_method), label
+    except ValueError as e:   # not an [H, W(, C)] image
+      raise DataError(f"example {index}: {e}; heat_jax reads [H, W, 1|3|4] images") from None
 
   return load
 
@@ -134,6 +184,22 @@ def check_carve(vt: VtabTask, splits: dict[str, str], info: Any) -> None:
     raise DataError(f"{vt.name}: the prepared {vt.carve.base} split has {n} examples, so by "
                     f"task_adaptation's rule {'; '.join(wrong)}; set config.data.*_split "
                     "explicitly to the corrected strings")
+
+
+def check_features(info: Any, label_fn: str, tfds_name: str, image_key: str = "image") -> None:
+  """ConfigError when the dataset lacks the image or a field the label function reads."""
+  features = getattr(info, "features", None)
+  if features is None or not hasattr(features, "keys"):
+    return
+  have = set(features.keys())
+  if image_key not in have:
+    raise ConfigError(f"TFDS dataset {tfds_name} has no {image_key!r} feature (it has "
+                      f"{sorted(have)}); heat_jax reads image classification datasets")
+  missing = [f for f in LABEL_FIELDS.get(label_fn, ()) if f not in have]
+  if missing:
+    raise ConfigError(f"config.data.label_fn={label_fn!r} reads {missing[0]!r}, which TFDS "
+                      f"dataset {tfds_name} lacks (its features: {sorted(have)}); pick a "
+                      "label_fn for this dataset")
 
 
 def _num_classes(data_config: Any, info: Any) -> int:
@@ -164,21 +230,27 @@ def build_tfds_task(data_config: Any, *, image_size: int, value_range: str) -> T
                                           "'train[:800]'").items() if s}
   label_fn = get_label_fn(data_config.label_fn)
   data_dir, where = resolve_data_dir(data_config.data_dir)
+  check_data_dir(data_dir, where)
   raise_open_file_limit()
   task_label = task_name or tfds_name.split(":")[0]
   sources = {role: open_split(tfds_name, split, task=task_label, data_dir=data_dir, where=where)
              for role, split in splits.items()}
+  for role, source in sources.items():
+    try:
+      size = len(source)
+    except ValueError:   # a reversed slice such as test[5:2]
+      size = 0
+    if size <= 0:
+      raise DataError(f"split {splits[role]!r} of {tfds_name} in {data_dir} is empty; check "
+                      f"config.data.{role}_split")
   info = getattr(sources["train"], "dataset_info", None)
+  check_features(info, data_config.label_fn, tfds_name)
   default_data = vt is not None and tfds_name == vt.tfds_name   # the VTAB table's dataset
   if default_data:
     check_carve(vt, splits, info)
   num_classes = _num_classes(data_config, info)
   normalize = normalizer(value_range)
   binary = default_data and vt.binary_image
-  for role, source in sources.items():
-    if len(source) == 0:
-      raise DataError(f"split {splits[role]!r} of {tfds_name} in {data_dir} is empty; check "
-                      f"config.data.{role}_split")
   made = make_splits(
       task_label, splits, {r: len(s) for r, s in sources.items()},
       {r: make_loader(s, label_fn, image_size=image_size, resize_method=method,
