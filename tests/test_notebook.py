@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.metadata
 import json
 import os
 import pathlib
+import sys
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -119,3 +122,81 @@ def test_flag_cell_detects_reachability(monkeypatch):
   assert urls and urls[0][0].endswith("ViT-B_16.npz") and urls[0][1] <= 10
   scope = _run_flag_cell(monkeypatch, lambda request, timeout: contextlib.nullcontext())
   assert scope["ONLINE"] is True and scope["RUN_DEMO"] is False
+
+
+_DISTRIBUTION = importlib.metadata.distribution
+
+
+def _run_install_cells(monkeypatch, cwd, *, repo: str | None = None, ref: str | None = None,
+                       installed: bool = True) -> tuple[dict, list[list[str]]]:
+  """Runs the settings and install cells in `cwd`; git and pip calls are recorded only."""
+  import subprocess
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  sources = _code_cells(nb)
+  settings = next(s for s in sources if "REPO = " in s)
+  install = next(s for s in sources if "def get_checkout" in s)
+  calls: list[list[str]] = []
+
+  def run(cmd, check):
+    calls.append(list(cmd))
+    if cmd[:2] == ["git", "clone"]:  # what a clone leaves: a checkout at the destination
+      dest = pathlib.Path(cmd[-1])
+      (dest / "heat_jax").mkdir(parents=True)
+      (dest / "heat_jax" / "__init__.py").write_text("")
+      (dest / "pyproject.toml").write_text("")
+
+  def not_installed(name):
+    raise importlib.metadata.PackageNotFoundError(name)
+
+  monkeypatch.setattr(subprocess, "run", run)
+  monkeypatch.setattr(importlib.metadata, "distribution",
+                      _DISTRIBUTION if installed else not_installed)
+  for name, value in (("HEAT_JAX_REPO", repo), ("HEAT_JAX_REF", ref)):
+    if value is None:
+      monkeypatch.delenv(name, raising=False)
+    else:
+      monkeypatch.setenv(name, value)
+  monkeypatch.setattr(sys, "path", list(sys.path))  # the cell prepends the checkout
+  monkeypatch.chdir(cwd)                            # the cell changes into it
+  scope: dict = {}
+  exec(compile(settings, "settings cell", "exec"), scope)
+  exec(compile(install, "install cell", "exec"), scope)
+  return scope, calls
+
+
+def test_install_cell_uses_the_checkout_it_is_opened_from(monkeypatch):
+  scope, calls = _run_install_cells(monkeypatch, ROOT / "notebooks",
+                                    repo="https://example.invalid/unused")
+  assert scope["ROOT"] == ROOT and calls == []
+  assert os.getcwd() == str(ROOT)
+  scope, calls = _run_install_cells(monkeypatch, ROOT / "notebooks", installed=False)
+  assert scope["ROOT"] == ROOT
+  assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-e", str(ROOT)]]
+
+
+def test_install_cell_outside_a_checkout_uses_repo(tmp_path, monkeypatch):
+  elsewhere = tmp_path / "content"
+  elsewhere.mkdir()
+  # A local path: used as it is, nothing cloned.
+  scope, calls = _run_install_cells(monkeypatch, elsewhere, repo=str(ROOT))
+  assert scope["ROOT"] == ROOT and calls == []
+  # A git URL (and a branch): cloned into ./heat_jax, then installed.
+  url = "https://example.invalid/someone/heat_jax.git"
+  scope, calls = _run_install_cells(monkeypatch, elsewhere, repo=url, ref="dev",
+                                    installed=False)
+  dest = elsewhere / "heat_jax"
+  assert scope["ROOT"] == dest
+  assert calls == [["git", "clone", "--depth", "1", "--branch", "dev", url, str(dest)],
+                   [sys.executable, "-m", "pip", "install", "-q", "-e", str(dest)]]
+  # Run again: the clone is reused.
+  scope, calls = _run_install_cells(monkeypatch, elsewhere, repo=url)
+  assert scope["ROOT"] == dest and calls == []
+
+
+def test_install_cell_asks_for_repo_when_it_is_unset(tmp_path, monkeypatch):
+  with pytest.raises(RuntimeError, match="set REPO in the first code cell"):
+    _run_install_cells(monkeypatch, tmp_path)
+  not_a_checkout = tmp_path / "empty"
+  not_a_checkout.mkdir()
+  with pytest.raises(RuntimeError, match="is not a heat_jax checkout"):
+    _run_install_cells(monkeypatch, tmp_path, repo=str(not_a_checkout))

@@ -1,4 +1,8 @@
-"""Downloading files into the cache: progress bar, atomic write, clear offline errors."""
+"""Downloading files into the cache: progress bar, atomic write, clear offline errors.
+
+Plain URLs (the vit_models bucket) go to `$HEAT_JAX_CACHE/checkpoints`; files on the
+Hugging Face Hub go through `hf_hub_download` into the shared HF cache (resumable).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from heat_jax.checkpoints.registry import CheckpointInfo
 from heat_jax.errors import DownloadError
-from heat_jax.io_utils import atomic_open
+from heat_jax.io_utils import atomic_open, cache_dir
 
 DEFAULT_TIMEOUT_S = 15.0
 
@@ -59,3 +64,70 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
                         f"offline, download the file elsewhere and put it at {dest}, "
                         f"or pass a local path") from None
   return dest
+
+
+def fetch_registered(info: CheckpointInfo) -> Path:
+  """Local path of a registered checkpoint, downloaded once and reused.
+
+  Hub entries (`info.hf_repo`) come from the Hugging Face Hub, unless the file was put
+  by hand at `$HEAT_JAX_CACHE/checkpoints/<info.path>` or `info.base_env` names a plain
+  mirror; every other entry is a plain download to that path.
+  """
+  dest = cache_dir("checkpoints") / info.path
+  if not info.hf_repo or dest.exists() or os.environ.get(info.base_env):
+    return download(info.url, dest)
+  return hub_download(info.hf_repo, info.hf_filename, revision=info.hf_revision,
+                      by_hand=dest)
+
+
+def _env_true(name: str) -> bool:
+  return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def hub_download(repo: str, filename: str, *, revision: str = "main",
+                 by_hand: Path) -> Path:
+  """`hf_hub_download` of one file into the shared HF cache, errors as one line.
+
+  `HF_ENDPOINT`, `HF_HUB_CACHE` and `HF_HUB_OFFLINE` are read at each call (the library
+  reads them once, at import); `HEAT_JAX_OFFLINE` also means offline.
+
+  Raises:
+    DownloadError: naming the file's URL and where to put it by hand (`by_hand`).
+  """
+  from huggingface_hub import errors as hf_errors
+  from huggingface_hub import hf_hub_download, hf_hub_url
+
+  endpoint = os.environ.get("HF_ENDPOINT") or None
+  url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
+  offline = next((v for v in ("HF_HUB_OFFLINE", "HEAT_JAX_OFFLINE") if _env_true(v)), None)
+  hand = f"download {url} by hand and put it at {by_hand}"
+  timeout = float(os.environ.get("HEAT_JAX_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S))
+  try:
+    path = hf_hub_download(repo, filename, revision=revision, endpoint=endpoint,
+                           cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                           local_files_only=offline is not None, etag_timeout=timeout)
+  except hf_errors.LocalEntryNotFoundError as e:  # offline, unreachable, or HTTP error
+    if offline:
+      raise DownloadError(f"{filename} of {repo} is not in the Hugging Face cache and "
+                          f"{offline} is set; {hand}") from None
+    if isinstance(e.__cause__, hf_errors.HfHubHTTPError):
+      raise _http_error(url, e.__cause__, hand) from None
+    reason = _first_line(e.__cause__ or e)
+    raise DownloadError(f"could not download {url} ({reason}); if this machine is "
+                        f"offline, {hand}, or pass a local path") from None
+  except hf_errors.HfHubHTTPError as e:  # no such repo / file / revision, gated
+    raise _http_error(url, e, hand) from None
+  except (OSError, ValueError) as e:  # disk full, broken cache, bad repo id
+    raise DownloadError(f"could not download {url} ({_first_line(e)}); {hand}") from None
+  return Path(path)
+
+
+def _http_error(url: str, error: BaseException, hand: str) -> DownloadError:
+  status = getattr(getattr(error, "response", None), "status_code", "?")
+  return DownloadError(f"could not download {url}: HTTP {status}; check the checkpoint "
+                       f"name, or {hand}")

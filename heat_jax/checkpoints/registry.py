@@ -2,7 +2,9 @@
 
 A name resolves to a URL and a file name under the cache directory. The base URL of
 the vit_models bucket can be redirected with `$HEAT_JAX_VIT_MODELS_URL` (mirrors,
-tests), the Swin files with `$HEAT_JAX_SWIN_URL`.
+tests). Entries hosted on the Hugging Face Hub (`hf_repo`, the timm Swin files) are
+fetched with `huggingface_hub` into the shared HF cache (`$HF_ENDPOINT` mirrors,
+`$HF_HUB_OFFLINE`), unless `$HEAT_JAX_SWIN_URL` names a plain mirror of them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class CheckpointInfo:
   model: str           # the model configuration it fits
   note: str = ""
   url_path: str = ""   # path below the base URL when it differs from `path`
+  hf_repo: str = ""    # Hugging Face Hub model repository holding the file, if any
+  hf_filename: str = ""
+  hf_revision: str = "main"
 
   @property
   def url(self) -> str:

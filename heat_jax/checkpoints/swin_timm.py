@@ -279,7 +279,8 @@ def _timm(tag: str, model: str, note: str, *aliases: str) -> None:
   register_checkpoint(CheckpointInfo(
       name=f"timm/{tag}", family="swin", path=f"swin/{tag}/model.safetensors",
       base_env="HEAT_JAX_SWIN_URL", default_base=TIMM_HF_URL, model=model, note=note,
-      url_path=f"{tag}/resolve/main/model.safetensors"), tag, *aliases)
+      url_path=f"{tag}/resolve/main/model.safetensors", hf_repo=f"timm/{tag}",
+      hf_filename="model.safetensors"), tag, *aliases)
 
 
 _timm("swin_base_patch4_window7_224.ms_in22k", "Swin-B",

@@ -1,0 +1,165 @@
+"""The install: declared dependencies match what heat_jax imports; pytest's options.
+
+pyproject.toml is read with tomllib and every module of heat_jax/ is scanned with `ast`,
+so no fresh virtual environment is needed (that check is done by hand; see the README).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "heat_jax"
+FIRST_PARTY = {"heat_jax", "configs"}  # configs/: the checkout's, imported by sweep.py
+
+# Distribution (normalised) -> its top-level import name, where the two differ.
+IMPORT_NAMES = {
+    "absl-py": "absl", "array-record": "array_record", "huggingface-hub": "huggingface_hub",
+    "importlib-resources": "importlib_resources", "ml-collections": "ml_collections",
+    "orbax-checkpoint": "orbax", "pillow": "PIL", "scikit-image": "skimage",
+    "scikit-learn": "sklearn", "tensorboardx": "tensorboardX",
+    "tensorflow-cpu": "tensorflow", "tensorflow-datasets": "tensorflow_datasets",
+}
+
+# Runtime dependencies that heat_jax never imports, and why they are declared.
+NOT_IMPORTED = {
+    # tfds 4.9.10 imports it (tensorflow_datasets/core/dataset_builder.py) without
+    # declaring it.
+    "importlib_resources",
+    # tfds.data_source reads prepared array_record files with it; tfds declares it for
+    # Linux only.
+    "array_record",
+}
+
+# Imports allowed outside the runtime dependencies: module -> the extra declaring it.
+# Each must be imported lazily (inside a function), so `import heat_jax...` never needs it.
+OPTIONAL = {
+    "tensorflow": "tf",        # heat_jax.data.prepare: preparing TFDS datasets
+    "tensorboardX": "tb",      # heat_jax.training.metrics: TensorBoard event files
+    "torch": "tools",          # heat_jax.checkpoints.swin_timm: Microsoft .pth files
+}
+
+
+def _normalise(requirement: str) -> str:
+  name = re.match(r"[A-Za-z0-9._-]+", requirement.strip()).group(0)
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _module(requirement: str) -> str:
+  dist = _normalise(requirement)
+  return IMPORT_NAMES.get(dist, dist.replace("-", "_"))
+
+
+def _project() -> dict:
+  with open(ROOT / "pyproject.toml", "rb") as f:
+    return tomllib.load(f)["project"]
+
+
+def _imports() -> dict[str, list[tuple[str, bool]]]:
+  """Third-party top-level module -> [(file:line, at module level?)] over heat_jax/."""
+  found: dict[str, list[tuple[str, bool]]] = {}
+
+  def visit(node: ast.AST, where: Path, in_function: bool) -> None:
+    for child in ast.iter_child_nodes(node):
+      if isinstance(child, ast.Import):
+        names = [a.name for a in child.names]
+      elif isinstance(child, ast.ImportFrom) and child.level == 0:
+        names = [child.module]
+      else:
+        names = []
+      for name in names:
+        top = name.split(".")[0]
+        if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+          found.setdefault(top, []).append(
+              (f"{where.relative_to(ROOT)}:{child.lineno}", not in_function))
+      visit(child, where, in_function or isinstance(
+          child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+  for path in sorted(PACKAGE.rglob("*.py")):
+    visit(ast.parse(path.read_text(), str(path)), path, False)
+  return found
+
+
+def test_every_import_is_declared_and_every_dependency_used():
+  project = _project()
+  runtime = {_module(r) for r in project["dependencies"]}
+  extras = {name: {_module(r) for r in reqs}
+            for name, reqs in project["optional-dependencies"].items()}
+  imports = _imports()
+  assert {"jax", "flax", "numpy", "tensorflow_datasets"} <= set(imports)  # the scan works
+
+  undeclared = {m: sites for m, sites in imports.items()
+                if m not in runtime and m not in OPTIONAL}
+  assert not undeclared, f"imported by heat_jax but not a runtime dependency: {undeclared}"
+  unused = runtime - set(imports) - NOT_IMPORTED
+  assert not unused, f"declared runtime dependencies that heat_jax never imports: {unused}"
+  stale = NOT_IMPORTED & set(imports)
+  assert not stale, f"imported after all, drop them from NOT_IMPORTED: {stale}"
+  assert NOT_IMPORTED <= runtime
+  for module, extra in OPTIONAL.items():
+    assert module in extras.get(extra, set()), f"{module} is not in the [{extra}] extra"
+    eager = [site for site, top_level in imports.get(module, []) if top_level]
+    assert not eager, f"optional {module} imported at module level: {eager}"
+    assert module not in runtime, f"{module} is optional but a runtime dependency"
+
+
+def test_import_name_table_matches_the_installed_distributions():
+  """IMPORT_NAMES is checked against the metadata of whatever is installed here."""
+  provided = importlib.metadata.packages_distributions()
+  checked = 0
+  for dist, module in IMPORT_NAMES.items():
+    installed = {_normalise(d) for d in provided.get(module, [])}
+    if installed:
+      assert dist in installed, f"{module} comes from {installed}, not {dist}"
+      checked += 1
+  assert checked >= 8  # the runtime and test dependencies are installed in CI
+
+
+def test_extras_are_pinned_in_requirements():
+  """Every declared package has a tested version in requirements.txt."""
+  pins = {}
+  for line in (ROOT / "requirements.txt").read_text().splitlines():
+    line = line.split("#")[0].strip()
+    if line:
+      name, version = line.split("==")
+      pins[_normalise(name)] = version
+  project = _project()
+  declared = set(project["dependencies"])
+  for name, reqs in project["optional-dependencies"].items():
+    if name not in ("test", "tf"):  # test tools and TF float with their ranges
+      declared |= set(reqs)
+  missing = sorted({_normalise(r) for r in declared} - set(pins))
+  assert not missing, f"not pinned in requirements.txt: {missing}"
+
+
+def test_digits_asset_is_sklearn_digits():
+  sklearn_datasets = pytest.importorskip("sklearn.datasets",
+                                         reason="scikit-learn is in the [test] extra")
+  from heat_jax.assets import load_digits
+  images, labels = load_digits()
+  ref = sklearn_datasets.load_digits()
+  assert images.dtype == np.uint8 and images.shape == (1797, 8, 8)
+  np.testing.assert_array_equal(images, ref.images)
+  np.testing.assert_array_equal(labels, ref.target)
+  with pytest.raises(ValueError):
+    images[0, 0, 0] = 1  # the cached copy is shared: read-only
+
+
+def test_pytest_q_prints_the_summary_line(tmp_path):
+  """`python -m pytest -q tests` (the README) must end with `N passed in Xs`."""
+  (tmp_path / "test_one.py").write_text("def test_ok():\n  assert 1 + 1 == 2\n")
+  out = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+       "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path),
+       str(tmp_path / "test_one.py")], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert re.search(r"^1 passed in [\d.]+s", out.stdout, re.M), out.stdout
