@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from heat_jax import artifacts, checkpoints, model_spec
-from heat_jax.data import build_task
+from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
 from heat_jax.errors import ConfigError, TrainingError
 from heat_jax.io_utils import sha256_file, write_json
@@ -124,6 +124,7 @@ def validate(config: ml_collections.ConfigDict) -> Method:
       raise ConfigError(f"config.train.{name} must be >= 1, got {t[name]}")
   if config.optim.lr <= 0:
     raise ConfigError(f"config.optim.lr must be > 0, got {config.optim.lr}")
+  check_data_config(config.data, model_family=model_family(config.model.name))
   method = get_method(config)
   method.validate()
   if t.export_merged and not method.mergeable:

@@ -95,7 +95,7 @@ def test_a_run_from_a_local_checkpoint_leaves_its_folder_unchanged(tiny_config, 
   user = tmp_path / "user_checkpoints"
   user.mkdir()
   model = create_model(tiny_config.model.name, 4, image_size=tiny_config.model.image_size)
-  artifacts.export_merged(str(user / "mine.npz"), checkpoints.init_params(model))
+  artifacts.export_merged(str(user / "mine.npz"), model, checkpoints.init_params(model))
   before = {p.name: p.stat().st_mtime_ns for p in user.iterdir()}
 
   tiny_config.model.pretrained = str(user / "mine.npz")

@@ -81,12 +81,12 @@ def test_timm_loads_merged_npz_and_agrees(tmp_path, method):
 
   from heat_jax.artifacts import load_adapter
   from heat_jax.io_utils import load_npz
-  model, params = load_adapter(str(workdir))
+  model, variables = load_adapter(str(workdir))
   for key, value in MICRO.items():
     assert getattr(model, key) == value, f"the smoke model is no longer ViT-micro: {key}"
   assert model.approximate_gelu and model.layer_norm_eps == 1e-6
   images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
-  ours = np.asarray(model.apply({"params": params}, images, train=False))
+  ours = np.asarray(model.apply(variables, images, train=False))
   assert np.abs(ours).max() > 1e-2  # a trained head: the comparison is not 0 == 0
 
   merged = workdir / "merged.npz"
@@ -112,7 +112,7 @@ def test_timm_loads_merged_npz_and_agrees(tmp_path, method):
   assert diff <= TOLERANCE, f"{method}: timm vs heat_jax logits differ by {diff:.3g}"
   if method == "lora":  # the check has power: without its LoRA the model differs more
     from flax import traverse_util
-    flat = traverse_util.flatten_dict(params, sep="/")
+    flat = traverse_util.flatten_dict(variables["params"], sep="/")
     no_lora = traverse_util.unflatten_dict(
         {k: np.zeros_like(v) if "/lora_" in k and k.endswith("/b") else v
          for k, v in flat.items()}, sep="/")

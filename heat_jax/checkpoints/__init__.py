@@ -23,7 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from heat_jax.checkpoints import vit_npz
-from heat_jax.checkpoints.download import download
+from heat_jax.checkpoints.download import download, fetch_registered
 from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints,
                                            get_checkpoint, register_checkpoint)
 from heat_jax.errors import CheckpointError
@@ -66,8 +66,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
                             "a registered name")
     raise CheckpointError(f"unknown checkpoint {text!r}; pass a local file, a URL, or one "
                           f"of: {', '.join(available_checkpoints())}")
-  dest = cache_dir("checkpoints") / info.path
-  return download(info.url, dest)
+  return fetch_registered(info)
 
 
 def image_hw(model: nn.Module, image_size: Optional[int | tuple[int, int]] = None

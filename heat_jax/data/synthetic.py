@@ -364,10 +364,10 @@ def texture(rng: np.random.Generator, n: int, image_size: int):
 
 @functools.lru_cache(maxsize=1)
 def _digits_data() -> tuple[np.ndarray, np.ndarray]:
-  from sklearn.datasets import load_digits
-  data = load_digits()
-  images = np.clip(np.rint(data.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-  return np.repeat(images[..., None], 3, axis=-1), data.target.astype(np.int64)
+  from heat_jax.assets import load_digits
+  counts, labels = load_digits()  # sklearn's digits, shipped: values 0..16
+  images = np.clip(np.rint(counts * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+  return np.repeat(images[..., None], 3, axis=-1), labels.astype(np.int64)
 
 
 def digits_order(seed: int) -> np.ndarray:
@@ -649,11 +649,6 @@ def build_synthetic(data_config: Any, *, image_size: int, value_range: str) -> T
                    num_val=int(data_config.num_val), num_test=int(data_config.num_test),
                    train_split=train_split,
                    resize_method=data_config.get("resize_method", "bicubic"))
-  if not data_config.num_classes:
-    try:
-      data_config.num_classes = k
-    except (AttributeError, TypeError, ValueError):   # frozen / locked configs
-      pass
   return task
 
 
