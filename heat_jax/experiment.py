@@ -117,6 +117,10 @@ def validate(config: ml_collections.ConfigDict) -> Method:
   if t.batch_size % n_dev or t.eval_batch_size % n_dev:
     raise ConfigError(f"batch sizes ({t.batch_size}, {t.eval_batch_size}) must be "
                       f"divisible by the {n_dev} local devices")
+  if t.accum_steps < 1 or t.batch_size % (t.accum_steps * n_dev):
+    raise ConfigError(f"config.train.accum_steps={t.accum_steps} must be >= 1 and divide "
+                      f"config.train.batch_size={t.batch_size} into micro-batches that "
+                      f"split evenly over the {n_dev} local devices")
   if t.epochs < 1:
     raise ConfigError(f"config.train.epochs must be >= 1, got {t.epochs}")
   for name in ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps"):
@@ -248,7 +252,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
       f"{counts[0]:,} ({counts[1]:,} without the classifier) of {counts[2]:,}")
   trainer = Trainer(model, params, mask, config.optim, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, seed=config.seed,
-                    model_state=model_state)
+                    model_state=model_state, accum_steps=t.accum_steps)
   state = trainer.initial_state()
   start = Start.FRESH
   if latest is not None:
