@@ -13,7 +13,7 @@ PETL methods change these blocks only through `heat_jax.models.extensions` hooks
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from heat_jax.models import head_split
-from heat_jax.models.extensions import Hooks, Site
+from heat_jax.models.extensions import Extension, Hooks, Site
 from heat_jax.models.head_split import HeadSplit
 
 Array = jax.Array
@@ -51,19 +51,54 @@ class Projection(nn.Module):
   bias_init: Callable = nn.initializers.zeros_init()
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    in_shape = tuple(x.shape[x.ndim - self.num_in:])
-    shape = in_shape + tuple(self.features)
+  def __call__(self, x: Union[Array, tuple[Array, Array]], grouped: bool = False) -> Any:
+    """y = x . kernel + bias.
+
+    Args:
+      x: the input, or a (frozen heads, trained heads) pair of inputs when the heads
+        are contracted (the out projection after grouped attention); needs a kernel
+        split along `head_axis`.
+      grouped: with a kernel split along an output head axis, return the outputs of
+        the frozen and the trained heads as a pair instead of interleaving them.
+    """
+    pair = isinstance(x, tuple)
+    in_shape = list((x[0] if pair else x).shape[-self.num_in:])
+    if pair:
+      in_shape[self.head_axis] += x[1].shape[x[1].ndim - self.num_in + self.head_axis]
+    shape = tuple(in_shape) + tuple(self.features)
     kernel = self._kernel(shape, int(np.prod(in_shape)))
     bias = self.param("bias", self.bias_init, tuple(self.features), self.param_dtype)
+    bias = bias.astype(self.dtype)
+    split = isinstance(kernel, HeadSplit) and kernel.axis == self.head_axis
+    if pair:
+      if not split:
+        raise ValueError(f"{self.name}: a grouped input needs a kernel split by heads")
+      return self._contract_groups(x, kernel) + bias
     x = x.astype(self.dtype)
-    if isinstance(kernel, HeadSplit) and kernel.axis == self.head_axis:
-      y = self._split(x, kernel)
-    else:
+    if not split:
       if isinstance(kernel, HeadSplit):
         kernel = kernel.merged()
-      y = self._dense(x, kernel)
-    return y + bias.astype(self.dtype)
+      return self._dense(x, kernel) + bias
+    if kernel.axis < self.num_in:   # heads are contracted (out)
+      axis = x.ndim - self.num_in + kernel.axis
+      pair = (head_split.take(x, kernel.rest, axis), head_split.take(x, kernel.idx, axis))
+      return self._contract_groups(pair, kernel) + bias
+    # Heads are output features (query/key/value): one matmul per group.
+    axis = kernel.axis - self.num_in   # of the bias and of y's trailing feature axes
+    y_rest = self._dense(x, head_split.take(kernel.full, kernel.rest, kernel.axis))
+    y_rest = y_rest + head_split.take(bias, kernel.rest, axis)
+    y_part = self._dense(x, kernel.part) + head_split.take(bias, kernel.idx, axis)
+    if grouped:
+      return y_rest, y_part
+    axis += x.ndim - self.num_in
+    return head_split.interleave(y_rest, kernel.rest, y_part, kernel.idx, axis=axis)
+
+  def _contract_groups(self, pair: tuple[Array, Array], kernel: HeadSplit) -> Array:
+    x_rest, x_part = (v.astype(self.dtype) for v in pair)
+    y = self._dense(x_part, kernel.part)
+    if kernel.rest:
+      y = y + self._dense(x_rest, head_split.take(kernel.full, kernel.rest, kernel.axis))
+    return y
 
   def _kernel(self, shape: tuple[int, ...], fan_in: int) -> Any:
     if self.has_variable("params", "kernel"):
@@ -84,22 +119,6 @@ class Projection(nn.Module):
     contract = tuple(range(x.ndim - self.num_in, x.ndim))
     return jax.lax.dot_general(x, kernel.astype(self.dtype),
                                ((contract, tuple(range(self.num_in))), ((), ())))
-
-  def _split(self, x: Array, kernel: HeadSplit) -> Array:
-    rest, idx = kernel.rest, kernel.idx
-    frozen = head_split.take(kernel.full, rest, kernel.axis) if rest else None
-    if kernel.axis < self.num_in:   # heads are contracted (out): sum of two matmuls
-      x_axis = x.ndim - self.num_in + kernel.axis
-      y = self._dense(head_split.take(x, idx, x_axis), kernel.part)
-      if frozen is not None:
-        y = y + self._dense(head_split.take(x, rest, x_axis), frozen)
-      return y
-    # Heads are output features (query/key/value): compute both groups, put them in order.
-    y_axis = x.ndim - self.num_in + kernel.axis - self.num_in
-    y = self._dense(x, kernel.part)
-    if frozen is None:
-      return y
-    return head_split.interleave(self._dense(x, frozen), rest, y, idx, axis=y_axis)
 
 
 class MultiHeadAttention(nn.Module):
@@ -142,23 +161,60 @@ class MultiHeadAttention(nn.Module):
     head_dim = width // self.num_heads
     out_features = self.out_features or width
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+    qkv = lambda name: Projection((self.num_heads, head_dim), num_in=1, head_axis=1,
+                                  name=name, **dense)
+    out = Projection((out_features,), num_in=2, head_axis=0, name="out", **dense)
+    dropout = self.attention_dropout > 0 and not deterministic
+    groups = None if dropout else self._head_groups(hooks)
+    if groups is not None:
+      # Selected heads trained in split form: attend within each group of heads
+      # (frozen, trained), so no projection output is ever interleaved back.
+      q, k, v = (qkv(name)(x, grouped=True) for name in ("query", "key", "value"))
+      heads = []
+      for g, members in enumerate(groups):
+        bias = attention_bias
+        if bias is not None and bias.shape[-3] > 1:
+          bias = head_split.take(bias, members, bias.ndim - 3)
+        h = self._attend(q[g], k[g], v[g], bias, head_dim, deterministic)
+        if gate is not None:
+          h = h * head_split.take(gate, members, 0).astype(h.dtype)[:, None]
+        heads.append(h)
+      return out(tuple(heads))
 
     def proj(name: str) -> Array:
-      y = Projection((self.num_heads, head_dim), num_in=1, head_axis=1, name=name,
-                     **dense)(x)
+      y = qkv(name)(x)
       if hooks is None or site is None:
         return y
       return hooks.project(self, site, name, x, y, deterministic)
 
     q, k, v = proj("query"), proj("key"), proj("value")
-    dropout = self.attention_dropout > 0 and not deterministic
-    if self.fused and not dropout:
-      heads = fused_attention(q, k, v, attention_bias, scale=head_dim ** -0.5)
-    else:
-      heads = self._explicit(q, k, v, attention_bias, head_dim, deterministic)
+    heads = self._attend(q, k, v, attention_bias, head_dim, deterministic)
     if gate is not None:
       heads = heads * gate.astype(heads.dtype)[:, None]
-    return Projection((out_features,), num_in=2, head_axis=0, name="out", **dense)(heads)
+    return out(heads)
+
+  def _head_groups(self, hooks: Optional[Hooks]) -> Optional[tuple[tuple[int, ...], ...]]:
+    """(frozen heads, trained heads) when query, key, value and out all arrive split by
+    the same heads and no extension rewrites the projections; else None."""
+    if self.is_initializing() or not self.has_variable("params", "query"):
+      return None
+    params = self.variables["params"]
+    kernels = [params[n].get("kernel") for n in ("query", "key", "value", "out")]
+    if not all(isinstance(kn, HeadSplit) and kn.axis == a
+               for kn, a in zip(kernels, (1, 1, 1, 0))):
+      return None
+    if len({kn.idx for kn in kernels}) != 1 or not kernels[0].rest:
+      return None
+    if hooks is not None and any(type(e).project is not Extension.project
+                                 for e in hooks.extensions):
+      return None
+    return kernels[0].rest, kernels[0].idx
+
+  def _attend(self, q: Array, k: Array, v: Array, attention_bias: Optional[Array],
+              head_dim: int, deterministic: bool) -> Array:
+    if self.fused and not (self.attention_dropout > 0 and not deterministic):
+      return fused_attention(q, k, v, attention_bias, scale=head_dim ** -0.5)
+    return self._explicit(q, k, v, attention_bias, head_dim, deterministic)
 
   def _explicit(self, q: Array, k: Array, v: Array, attention_bias: Optional[Array],
                 head_dim: int, deterministic: bool) -> Array:
