@@ -255,6 +255,8 @@ def run(args: argparse.Namespace) -> dict:
     row = r["row"]
     if r["times"]:
       row["step_s"] = statistics.median(r["times"])
+      row["min_s"] = min(r["times"])
+      row["times_s"] = [round(t, 4) for t in r["times"]]
       row["img_s"] = args.batch / row["step_s"]
     row["mm_limit_s"] = row["gflop"] * 1e9 / rates["matmul_flops"]
     row["mem_limit_s"] = row["gbyte"] * 1e9 / rates["copy_bytes_s"]
@@ -281,7 +283,8 @@ def run(args: argparse.Namespace) -> dict:
   }
 
 
-COLUMNS = (("method", "{}"), ("step_s", "{:.3f}"), ("time_ratio", "{:.2f}x"),
+COLUMNS = (("method", "{}"), ("step_s", "{:.3f}"), ("min_s", "{:.3f}"),
+           ("time_ratio", "{:.2f}x"),
            ("img_s", "{:.2f}"), ("mem_mb", "{:.0f}"), ("mem_ratio", "{:.2f}x"),
            ("trainable", "{:,}"), ("opt_state", "{:,}"), ("gflop", "{:.1f}"),
            ("mm_limit_s", "{:.3f}"), ("gbyte", "{:.2f}"), ("mem_limit_s", "{:.3f}"),

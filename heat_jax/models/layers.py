@@ -9,6 +9,11 @@ vit_jax checkpoints store them:
 so per-head gates, Taylor scores, masks and LoRA index one axis without reshaping.
 Every submodule is named explicitly: adding a module can never renumber another.
 PETL methods change these blocks only through `heat_jax.models.extensions` hooks.
+
+A projection kernel may arrive as a `head_split.HeadSplit` (the training engine's form
+when only some heads train): the projections then compute frozen and trained heads as
+separate matmuls, and when query, key, value and out are split by the same heads the
+attention runs per head group, so nothing is gathered or interleaved.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from heat_jax.models.head_split import HeadSplit
 
 Array = jax.Array
 Dtype = Any
+
 
 class Projection(nn.Module):
   """`nn.DenseGeneral` over the last `num_in` input axes: the same parameter names,
