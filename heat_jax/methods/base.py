@@ -50,6 +50,8 @@ class Method:
   """Base class: trains the classifier head only (a linear probe)."""
 
   name: ClassVar[str] = "base"
+  # The config field a generic `rank` shortcut sets (e.g. configs/vtab.py:dtd,rank=4).
+  rank_field: ClassVar[Optional[str]] = None
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -116,8 +118,11 @@ def method_config_blocks() -> dict[str, ml_collections.ConfigDict]:
   return blocks
 
 
-def get_method(config: ml_collections.ConfigDict) -> Method:
-  name = config.method.name
+def method_class(name: str) -> type[Method]:
   if name not in _METHODS:
     raise ConfigError(f"config.method.name={name!r} is not one of {available_methods()}")
-  return _METHODS[name](config)
+  return _METHODS[name]
+
+
+def get_method(config: ml_collections.ConfigDict) -> Method:
+  return method_class(config.method.name)(config)

@@ -89,6 +89,7 @@ def scoring_params(params: dict, seed: int) -> tuple[dict, bool]:
 @register_method
 class Heat(Method):
   name = "heat"
+  rank_field = "lora.rank"   # Heart-LoRA (heat.tune=lora)
 
   def __init__(self, config):
     super().__init__(config)
