@@ -27,7 +27,6 @@ from heat_jax.data.base import ArraySplit
 from heat_jax.data.stream import StreamSplit
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--config.train.progress=False", "--config.train.checkpoint_every_steps=2"]
 TOTAL_STEPS = 8          # configs/smoke.py: 128 examples / batch 32 x 2 epochs
 TIMEOUT = 400
 
@@ -99,23 +98,24 @@ def _env(tmp_path, xla_cache, devices=1):
 
 
 def _start(args, env, log: Path) -> subprocess.Popen:
-  out = open(log, "w")
-  return subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, env=env,
-                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+  with open(log, "w") as out:
+    return subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, env=env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _config(method):
-  return [f"--config=configs/smoke.py:method={method}", *COMMON]
+def _config(method, *overrides):
+  return [f"--config=configs/smoke.py:method={method}", "--config.train.progress=False",
+          *overrides]
 
 
-def _reference(method, workdir, tmp_path, xla_cache):
-  return _start([*_config(method), f"--workdir={workdir}"],
-                _env(tmp_path, xla_cache, devices=2), Path(f"{workdir}.log"))
+def _reference(config, workdir, tmp_path, xla_cache):
+  return _start([*config, f"--workdir={workdir}"], _env(tmp_path, xla_cache, devices=2),
+                Path(f"{workdir}.log"))
 
 
-def _pair(method, workdir, tmp_path, xla_cache, tag=""):
+def _pair(config, workdir, tmp_path, xla_cache, tag=""):
   port = _free_port()
-  return [_start([*_config(method), f"--workdir={workdir}",
+  return [_start([*config, f"--workdir={workdir}",
                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                   f"--process_id={i}"], _env(tmp_path, xla_cache),
                  Path(f"{workdir}{tag}.p{i}.log"))
@@ -175,8 +175,9 @@ def _primary_only_prints(logs):
 
 def test_lora_two_processes_match_one_process(tmp_path, xla_cache):
   work, ref = tmp_path / "mp", tmp_path / "ref"
-  procs = [_reference("lora", ref, tmp_path, xla_cache), *_pair("lora", work, tmp_path,
-                                                                xla_cache)]
+  config = _config("lora")
+  procs = [_reference(config, ref, tmp_path, xla_cache),
+           *_pair(config, work, tmp_path, xla_cache)]
   logs = [f"{ref}.log", f"{work}.p0.log", f"{work}.p1.log"]
   _wait(procs, logs)
   _assert_same_run(work, ref)
@@ -185,12 +186,14 @@ def test_lora_two_processes_match_one_process(tmp_path, xla_cache):
 
 
 def test_heat_two_processes_resume_after_one_is_killed(tmp_path, xla_cache):
-  """SIGKILL process 1 after the first checkpoint; its partner is then stopped too (it
-  would wait for it in a collective); rerunning both finishes the run, which matches
-  the one-process run (itself identical to an uninterrupted 2-process run)."""
+  """SIGKILL process 1 after the first checkpoint, then its partner (which fails at its
+  next collective but exits only after JAX's ~100 s heartbeat timeout); rerunning both
+  finishes the run with the results of the one-process run, i.e. of an uninterrupted
+  2-process run (the LoRA test)."""
   work, ref = tmp_path / "mp", tmp_path / "ref"
-  reference = _reference("heat", ref, tmp_path, xla_cache)
-  pair = _pair("heat", work, tmp_path, xla_cache, tag=".killed")
+  config = _config("heat", "--config.train.checkpoint_every_steps=2")  # resumable early
+  reference = _reference(config, ref, tmp_path, xla_cache)
+  pair = _pair(config, work, tmp_path, xla_cache, tag=".killed")
   deadline = time.time() + TIMEOUT
   while not _steps(work) and all(p.poll() is None for p in pair) and time.time() < deadline:
     time.sleep(0.05)
@@ -205,7 +208,7 @@ def test_heat_two_processes_resume_after_one_is_killed(tmp_path, xla_cache):
       Path(l).read_text()[-2000:] for l in killed_logs)
   selected = np.load(work / "heads.npy")
 
-  pair = _pair("heat", work, tmp_path, xla_cache)
+  pair = _pair(config, work, tmp_path, xla_cache)
   logs = [f"{ref}.log", f"{work}.p0.log", f"{work}.p1.log"]
   _wait([reference, *pair], logs)
   assert "resumed from step" in Path(logs[1]).read_text()
@@ -213,5 +216,54 @@ def test_heat_two_processes_resume_after_one_is_killed(tmp_path, xla_cache):
   _primary_only_prints(logs[1:])
   np.testing.assert_array_equal(selected, np.load(ref / "heads.npy"))
   np.testing.assert_array_equal(np.load(work / "heads.npy"), np.load(ref / "heads.npy"))
+  np.testing.assert_allclose(np.load(work / "importance.npy"),
+                             np.load(ref / "importance.npy"), rtol=1e-5)
   assert json.loads((work / "results.json").read_text())["method_info"][
       "selection_restored"] is True
+
+
+# ----------------------------------------------------------------------------- start-up
+
+_LAUNCHER_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                  "SLURM_LOCALID", "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE",
+                  "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
+                  "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def test_launchers_are_detected_only_with_several_processes(monkeypatch):
+  from heat_jax import distributed
+  for k in _LAUNCHER_VARS:
+    monkeypatch.delenv(k, raising=False)
+  assert distributed.detected_cluster() is None
+  assert distributed.initialize() is False   # a plain run: nothing to join
+  slurm = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="n[1-2]", SLURM_PROCID="0",
+               SLURM_LOCALID="0")
+  for k, v in slurm.items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  assert distributed.detected_cluster() is None
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert distributed.detected_cluster() == "SLURM"
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(num_processes=2), "--coordinator_address, --process_id"),
+    (dict(coordinator_address="h:1", num_processes=2, process_id=2), "[0, 2)"),
+    (dict(coordinator_address="h", num_processes=2, process_id=0), "HOST:PORT"),
+    (dict(coordinator_address="h:1", num_processes=0, process_id=0), ">= 1"),
+])
+def test_bad_process_flags_are_config_errors(monkeypatch, kwargs, needle):
+  from heat_jax import distributed
+  from heat_jax.errors import ConfigError
+  for k in _LAUNCHER_VARS:
+    monkeypatch.delenv(k, raising=False)
+  with pytest.raises(ConfigError) as e:
+    distributed.initialize(**kwargs)
+  assert needle in str(e.value)
+
+
+def test_one_process_loads_every_row():
+  from heat_jax import distributed
+  mesh = distributed.make_mesh()
+  rows = distributed.local_rows(distributed.batch_sharding(mesh), 4 * len(mesh.devices))
+  np.testing.assert_array_equal(rows, np.arange(4 * len(mesh.devices)))

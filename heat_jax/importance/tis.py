@@ -250,9 +250,11 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
   batches, total_batches = _take(batches, num_batches)
   total = np.zeros(layout.shape, np.float64)
   count, pending = 0, None
-  quiet = progress is False or not distributed.is_primary()
+  # None: a bar on terminals only; never in the non-primary processes.
+  disable = True if not distributed.is_primary() else (
+      None if progress is None else not progress)
   bar = tqdm(batches, total=total_batches, desc=f"TIS ({strategy})", unit="batch",
-             disable=True if quiet else (None if progress is None else False), leave=False)
+             disable=disable, leave=False)
   for batch in bar:
     if mesh is not None:  # one global batch from every process's rows
       image, label, mask = _batch_arrays(batch)

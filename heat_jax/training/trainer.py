@@ -5,8 +5,9 @@ collections such as `batch_stats`), opt_state, rng}; the frozen tree is an argum
 the step (never a compiled-in constant, never differentiated). Batches are sharded over
 a `jax.sharding.Mesh` of all devices (of all processes, see `heat_jax.distributed`)
 along 'data'; parameters and model state are replicated; XLA inserts the gradient
-all-reduce. Each process passes only its rows of a batch (`local_rows`) to `put_batch`. Evaluation gets a predict function
-from here (`heat_jax.evaluation` imports nothing from training).
+all-reduce. Each process passes only its rows of a batch (`local_rows`) to `put_batch`.
+Evaluation gets a predict function from here (`heat_jax.evaluation` imports nothing
+from training).
 """
 
 from __future__ import annotations
