@@ -267,3 +267,15 @@ def test_one_process_loads_every_row():
   mesh = distributed.make_mesh()
   rows = distributed.local_rows(distributed.batch_sharding(mesh), 4 * len(mesh.devices))
   np.testing.assert_array_equal(rows, np.arange(4 * len(mesh.devices)))
+
+
+def test_cli_rejects_incomplete_process_flags(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
+  proc = subprocess.run([sys.executable, "run.py", "--config=configs/smoke.py",
+                         f"--workdir={tmp_path / 'w'}", "--num_processes=2"],
+                        cwd=ROOT, env={**env, "JAX_PLATFORMS": "cpu"},
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "--coordinator_address" in lines[0], proc.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
