@@ -27,6 +27,14 @@ def _define_flags(default_config: str) -> None:
       lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and artifacts "
                       "(default: workdirs/<task>/<method>).")
+  # Multi-process runs (jax.distributed); not needed under SLURM, Open MPI or on a TPU pod.
+  flags.DEFINE_string("coordinator_address", None, "Multi-process run: HOST:PORT of "
+                      "process 0, the same in every process.")
+  flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, "
+                       "0 .. num_processes-1 (0 writes the results).")
+  flags.DEFINE_list("local_device_ids", None, "Multi-process run: the local GPU ids this "
+                    "process uses, e.g. 0,1 (default: all visible).")
 
 
 def _fail(message: str) -> int:
@@ -62,6 +70,22 @@ def default_workdir(config) -> str:
   return os.path.join("workdirs", str(task), str(config.method.name))
 
 
+def _start_processes(config) -> None:
+  """Joins a multi-process run (flags or a detected launcher) before any device use."""
+  from heat_jax import distributed
+  from heat_jax.errors import ConfigError
+  try:
+    ids = [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None
+  except ValueError:
+    raise ConfigError(f"--local_device_ids must be integers, got "
+                      f"{','.join(FLAGS.local_device_ids)}") from None
+  started = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id, ids)
+  if started and config.get("job", "train") == "study":
+    raise ConfigError("the demo study runs in one process; start it without "
+                      "--coordinator_address/--num_processes/--process_id")
+
+
 def main(argv: Sequence[str], default_config: Optional[str] = None) -> int:
   """Parses flags and runs the configured job; returns the exit code."""
   _define_flags(default_config or "configs/demo.py")
@@ -79,6 +103,7 @@ def main(argv: Sequence[str], default_config: Optional[str] = None) -> int:
     return _fail("no config; pass --config=configs/<file>.py[:args]")
   workdir = FLAGS.workdir or default_workdir(config)
   try:
+    _start_processes(config)
     if config.get("job", "train") == "study":
       from heat_jax import study
       study.run(config, workdir)

@@ -17,6 +17,10 @@ Resume precedence (the run's own checkpoint is the only state ever reused):
     method's saved state (e.g. the HEAT selection) taken from the checkpoint;
   * FRESH: nothing usable (or `train.resume=False`, which clears the old run first).
 A checkpoint of another config is an error, never silently reused.
+
+Multi-process runs (`heat_jax.distributed`): every process runs every phase and
+computes the same values; each loads only its rows of a batch; all of them save and
+restore the checkpoints; only the primary process writes the other files and logs.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from heat_jax import artifacts, checkpoints, model_spec
+from heat_jax import artifacts, checkpoints, distributed, model_spec
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
 from heat_jax.errors import ConfigError, TrainingError
@@ -47,7 +51,7 @@ from heat_jax.methods import Method, MethodContext, get_method
 from heat_jax.models import create_model, model_family
 from heat_jax.training import partition
 from heat_jax.training.checkpointing import TrainCheckpointer
-from heat_jax.training.metrics import MetricWriter
+from heat_jax.training.metrics import MetricWriter, NullWriter
 from heat_jax.training.trainer import Trainer, epoch_batches
 
 Log = Callable[[str], Any]
@@ -113,10 +117,11 @@ def validate(config: ml_collections.ConfigDict) -> Method:
   t = config.train
   if t.batch_size < 1 or t.eval_batch_size < 1:
     raise ConfigError("config.train.batch_size and eval_batch_size must be >= 1")
-  n_dev = jax.local_device_count()
+  n_dev = jax.device_count()  # every device of every process holds a part of a batch
   if t.batch_size % n_dev or t.eval_batch_size % n_dev:
+    where = "" if jax.process_count() == 1 else f" of the {jax.process_count()} processes"
     raise ConfigError(f"batch sizes ({t.batch_size}, {t.eval_batch_size}) must be "
-                      f"divisible by the {n_dev} local devices")
+                      f"divisible by the {n_dev} devices{where}")
   if t.epochs < 1:
     raise ConfigError(f"config.train.epochs must be >= 1, got {t.epochs}")
   for name in ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps"):
@@ -225,7 +230,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
 
   os.makedirs(workdir, exist_ok=True)
   if not t.resume:
-    clear_run_files(workdir)
+    if distributed.is_primary():
+      clear_run_files(workdir)
+    distributed.barrier("clear_run_files")  # nobody reads the old checkpoints meanwhile
   ckpt = TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR))
   latest = ckpt.latest_step()
   meta: dict = {}
@@ -308,7 +315,8 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
   history: list[dict] = list(p.meta.get("history", []))
   clock = _Clock(float(p.meta.get("elapsed_s", 0.0)), float(p.meta.get("train_time_s", 0.0)))
   step = first_step = int(state["step"])  # read now: the step donates the state's buffers
-  writer = MetricWriter(p.workdir, resume_step=step)
+  writer = (MetricWriter(p.workdir, resume_step=step) if distributed.is_primary()
+            else NullWriter())
 
   def evaluate(epoch: float, step: int) -> None:
     def run() -> None:
@@ -323,13 +331,14 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
   def save(step: int) -> None:
     clock.side_work(lambda: p.ckpt.save(step, state, checkpoint_meta(p, history, clock)))
 
-  bar = tqdm(total=p.total_steps, initial=step, desc="train", disable=not t.progress,
-             dynamic_ncols=True)
+  bar = tqdm(total=p.total_steps, initial=step, desc="train",
+             disable=not t.progress or not distributed.is_primary(), dynamic_ncols=True)
+  rows = trainer.local_rows(t.batch_size)  # this process's share of every batch
   finite: list[tuple[int, Any]] = []
   while step < p.total_steps:
     epoch, skip = divmod(step, p.steps_per_epoch)
     for batch in epoch_batches(task.train, t.batch_size, seed=p.config.seed, epoch=epoch,
-                               skip=skip):
+                               skip=skip, rows=rows):
       state, metrics = trainer.train_step(state, batch)
       step += 1
       clock.sync_steps += 1
@@ -391,20 +400,24 @@ def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
   if not history:
     raise TrainingError(f"the checkpoint in {p.workdir} has no evaluation; rerun with "
                         "--config.train.resume=False")
-  final_params = p.trainer.full_params(state)
-  n_stored = artifacts.export_adapter(
-      p.workdir, final_params, p.mask, model_spec=p.spec, base=p.base,
-      model_state=p.trainer.full_model_state(state), extra={"method": p.config.method.name})
-  if n_stored != p.counts[0]:
-    raise RuntimeError(f"adapter stores {n_stored} scalars but {p.counts[0]} are trainable")
-  if t.export_merged:
+  final_params = p.trainer.full_params(state)  # every process: may gather across them
+  model_state = p.trainer.full_model_state(state)
+  primary = distributed.is_primary()  # the others compute the same and write nothing
+  if primary:
+    n_stored = artifacts.export_adapter(
+        p.workdir, final_params, p.mask, model_spec=p.spec, base=p.base,
+        model_state=model_state, extra={"method": p.config.method.name})
+    if n_stored != p.counts[0]:
+      raise RuntimeError(f"adapter stores {n_stored} scalars but {p.counts[0]} are trainable")
+  if t.export_merged and primary:
     artifacts.export_merged(os.path.join(p.workdir, "merged.npz"), p.model, final_params)
   steps = int(state["step"])
   results = summarize(p.config, p.task, history, p.method.info, base=p.base,
                       trainable=p.counts, wall=clock.elapsed(), train_time=clock.train_time(),
                       images=steps * t.batch_size, steps=steps)
   results["fingerprint"] = p.fingerprint
-  write_json(os.path.join(p.workdir, RESULTS_FILE), results)
+  if primary:
+    write_json(os.path.join(p.workdir, RESULTS_FILE), results)
   log(f"[heat_jax] {p.task.name} / {p.config.method.name}: test top-1 "
       f"{results['test_top1']:.4f} (best epoch {results['best_test_top1']:.4f})")
   return results
@@ -440,10 +453,16 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
 # ----------------------------------------------------------------------------- run
 
 
+def _quiet(*_: Any) -> None:
+  """The log of non-primary processes (process 0 reports for all)."""
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         log: Log = print) -> dict[str, Any]:
   """Trains and evaluates one configuration; returns the results dict."""
   config = copy.deepcopy(config)  # nothing below may change the caller's config
+  if not distributed.is_primary():
+    log = _quiet
   method = validate(config)
   fingerprint = config_fingerprint(config)
   done = finished_results(config, workdir, fingerprint)

@@ -11,7 +11,9 @@ Strategies (see `shared/reference/heat.md`), for head h of layer l:
 layers for one batch: a single gradient w.r.t. the gate array (`gate`) or w.r.t. only the
 attention parameters the strategy needs (the rest of the tree is held constant), followed
 by per-head reductions over the head axis. The Python loop over attention layers happens
-at trace time only. `compute_tis` averages the per-batch absolute scores over batches.
+at trace time only. `compute_tis` averages the per-batch absolute scores over batches;
+given a `mesh` (multi-device or multi-process), each batch is sharded over it along
+'data' and every process gets the same scores.
 `ablation_scores` is the slow reference (one forward pass per removed head).
 """
 
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from heat_jax import distributed
 from heat_jax.errors import ConfigError, DataError
 from heat_jax.importance.sites import (PROJECTIONS, AttentionSite, check_sites,
                                        find_attention_sites, unwrap_params)
@@ -103,6 +106,8 @@ def _batch_arrays(batch: Batch) -> tuple[Any, Any, Any]:
 
 def _num_real(batch: Batch) -> float:
   mask = batch.get("mask")
+  if isinstance(mask, jax.Array):  # a global batch: summed over every process's rows
+    return float(jnp.sum(mask))
   return float(len(batch["label"]) if mask is None else np.sum(np.asarray(mask)))
 
 
@@ -207,7 +212,8 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
                 strategy: str = "head", num_batches: Optional[int] = None,
                 normalize: str = "none", loss_fn: Optional[LossFn] = None,
                 progress: Optional[bool] = None,
-                model_state: Optional[Params] = None) -> np.ndarray:
+                model_state: Optional[Params] = None,
+                mesh: Optional[jax.sharding.Mesh] = None) -> np.ndarray:
   """Taylor-expansion importance of every head: float64 [layers, max_heads].
 
   Args:
@@ -222,6 +228,11 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
       `heat_jax.losses.masked_cross_entropy` (mean over mask == 1 rows).
     progress: tqdm bar (None = only on a terminal).
     model_state: the model's non-parameter collections (e.g. batch statistics).
+    mesh: a 1-D 'data' mesh (`heat_jax.distributed.make_mesh`) to shard every batch
+      over; parameters are replicated on it. In a multi-process run every process
+      calls this with its rows of each global batch
+      (`heat_jax.distributed.local_rows(batch_sharding(mesh), batch_size)`) and gets
+      the scores of the global batches. None: the default device.
 
   Returns:
     The mean over batches of each batch's (absolute) scores.
@@ -230,22 +241,33 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
   check_normalize(normalize)
   layout = head_layout(model)
   step = make_tis_step(model, strategy, loss_fn=loss_fn)
-  params = jax.device_put(params)
-  model_state = jax.device_put(model_state or {})
+  if mesh is None:
+    params = jax.device_put(params)
+    model_state = jax.device_put(model_state or {})
+  else:
+    params = distributed.replicate(params, distributed.replicated(mesh))
+    model_state = distributed.replicate(model_state or {}, distributed.replicated(mesh))
   batches, total_batches = _take(batches, num_batches)
   total = np.zeros(layout.shape, np.float64)
   count, pending = 0, None
+  # None: a bar on terminals only; never in the non-primary processes.
+  disable = True if not distributed.is_primary() else (
+      None if progress is None else not progress)
   bar = tqdm(batches, total=total_batches, desc=f"TIS ({strategy})", unit="batch",
-             disable=None if progress is None else not progress, leave=False)
+             disable=disable, leave=False)
   for batch in bar:
-    if _num_real(batch) == 0:
+    if mesh is not None:  # one global batch from every process's rows
+      image, label, mask = _batch_arrays(batch)
+      batch = distributed.put_batch({"image": image, "label": label, "mask": mask},
+                                    distributed.batch_sharding(mesh))
+    if _num_real(batch) == 0:  # with a mesh: the real rows of all processes
       continue
     out = step(params, batch, model_state)  # dispatched; the previous one is fetched meanwhile
     if pending is not None:
-      total += np.asarray(pending, np.float64)
+      total += np.asarray(distributed.fetch(pending), np.float64)
     pending, count = out, count + 1
   if pending is not None:
-    total += np.asarray(pending, np.float64)
+    total += np.asarray(distributed.fetch(pending), np.float64)
   bar.close()
   if count == 0:
     raise DataError("importance scores need at least one batch with a real (mask = 1) row")

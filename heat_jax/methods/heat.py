@@ -17,9 +17,11 @@ import os
 import time
 from typing import Any, Optional
 
+import jax
 import ml_collections
 import numpy as np
 
+from heat_jax import distributed
 from heat_jax.errors import ConfigError
 from heat_jax.methods.base import Method, MethodContext, register_method
 from heat_jax.methods.lora import lora_spec
@@ -114,6 +116,10 @@ class Heat(Method):
   def validate(self) -> None:
     if self.config.heat.tune not in TUNES:
       raise ConfigError(f"config.heat.tune={self.config.heat.tune!r} is not one of {TUNES}")
+    n_dev = jax.device_count()  # scoring batches are sharded like training batches
+    if self.config.importance.batch_size % n_dev:
+      raise ConfigError(f"config.importance.batch_size={self.config.importance.batch_size} "
+                        f"must be divisible by the {n_dev} devices")
     super().validate()
 
   def extensions(self) -> tuple[Extension, ...]:
@@ -147,11 +153,16 @@ class Heat(Method):
       raise ConfigError("heat needs training data to score heads")
     imp, h = self.config.importance, self.config.heat
     start = time.time()
-    batches = ctx.task.train.batches(imp.batch_size, shuffle=False, pad=True)
+    # Sharded like training: over every device of every process, each process loading
+    # its rows of every batch; every process gets the same scores and selection.
+    mesh = distributed.make_mesh()
+    rows = distributed.local_rows(distributed.batch_sharding(mesh), imp.batch_size)
+    batches = ctx.task.train.batches(imp.batch_size, shuffle=False, pad=True, rows=rows)
     params, replaced = scoring_params(ctx.params, int(self.config.seed))
     scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
                                     num_batches=imp.num_batches or None,
-                                    normalize=imp.normalize, model_state=ctx.model_state)
+                                    normalize=imp.normalize, model_state=ctx.model_state,
+                                    mesh=mesh)
     if not np.any(scores[layout.valid]):
       raise ConfigError("all head importance scores are 0 (no gradient reaches the "
                         "attention heads), so HEAT cannot rank the heads")
@@ -161,7 +172,7 @@ class Heat(Method):
     self.info.update(tis_seconds=round(time.time() - start, 3),
                      tis_classifier="random (zero-initialised head)" if replaced else "model",
                      heads_selected=int(selected.sum()), heads_total=layout.total_heads)
-    if ctx.workdir:
+    if ctx.workdir and distributed.is_primary():
       meta = {"strategy": imp.strategy, "normalize": imp.normalize, "scope": h.scope,
               "budget": h.budget, "deactivate": h.deactivate, "select": h.select,
               "select_seed": h.select_seed, "num_batches": imp.num_batches}

@@ -4,6 +4,11 @@ Only the trainable tree, the model state (e.g. batch statistics), the optimizer 
 the step and the rng are saved (the frozen backbone is the pretrained file), plus a
 JSON `meta` item (config fingerprint, evaluation history, elapsed time, the method's
 resume state).
+
+In a multi-process run every process calls `save` / `restore` at the same points:
+Orbax coordinates them (process 0 finalises the step directory) and restores the
+arrays with the shardings of `like` (replicated over the global mesh). The directory
+must be one that every host sees.
 """
 
 from __future__ import annotations

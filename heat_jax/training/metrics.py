@@ -74,3 +74,15 @@ def tensorboard_writer(logdir: str, *, resume_step: int = 0):
   # second would overwrite the first file. The suffix keeps names unique and in order.
   return SummaryWriter(logdir, purge_step=resume_step + 1,
                        filename_suffix=f".{time.time_ns()}")
+
+
+class NullWriter:
+  """A MetricWriter that writes nothing (the non-primary processes of a multi-process run)."""
+
+  tensorboard = False
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    del step, metrics
+
+  def close(self) -> None:
+    pass
