@@ -72,6 +72,8 @@ CASES: list[tuple[str, list[str], str, dict]] = [
     ("wrong_type_bool", smoke("--config.train.resume=maybe"),
      "config.train.resume must be True or False", {}),
     ("empty_workdir", [*smoke()[:-1], "--workdir="], "--workdir is empty", {}),
+    ("default_is_demo", ["--config.study.seeds=0", "--workdir={w}"],
+     "config.study.seeds=0 must be an integer >= 1", {}),
     # --- method options
     ("method_nosuch", smoke(method="nosuch"), "config.method.name='nosuch' is not one of", {}),
     ("heat_select", smoke("--config.heat.select=best"), "config.heat.select='best'", {}),
@@ -124,9 +126,13 @@ CASES: list[tuple[str, list[str], str, dict]] = [
     ("max_steps_negative", smoke("--config.train.max_steps=-1"),
      "config.train.max_steps must be >= 0", {}),
     ("seed_negative", smoke("--config.seed=-1"), "config.seed must be an integer in [0", {}),
-    ("diverges", smoke("--config.optim.lr=1e30", "--config.optim.warmup_epochs=0",
-                       method="full"),
-     "training diverged: the loss or gradient norm is not finite at step", {}),
+    # A linear probe at lr 1e38 overflows at step 2, after the workdir has filled up.
+    ("diverges", smoke("--config.optim.lr=1e38", "--config.optim.warmup_epochs=0",
+                       method="linear"),
+     "training diverged: the loss or gradient norm is not finite at step 2", {}),
+    ("diverges_in_user_dir", [*smoke("--config.optim.lr=1e38", "--config.optim.warmup_epochs=0",
+                                     method="linear")[:-1], "--workdir={d}/user2"],
+     "not finite at step 2", {"workdir": "existing"}),
     # --- model and checkpoint
     ("model_nosuch", smoke("--config.model.name=ViT-nosuch"), "unknown model 'ViT-nosuch'", {}),
     ("image_size_patch", smoke("--config.model.image_size=30"),
@@ -241,9 +247,9 @@ def _make_fixtures(d: Path) -> None:
   (ckpt / "truncated.npz").write_bytes((ckpt / "good.npz").read_bytes()[:2000])
   write_vit_npz(ckpt / "vit_tiny.npz", hidden=64, layers=4, heads=4, mlp=128, patch=4,
                 grid=8, num_classes=10)
-  user = d / "user"
-  user.mkdir()
-  (user / "notes.txt").write_text("the user's own file\n")
+  for name in ("user", "user2"):
+    (d / name).mkdir()
+    (d / name / "notes.txt").write_text("the user's own file\n")
   finished = d / "finished"
   finished.mkdir()
   (finished / "results.json").write_text(json.dumps({"fingerprint": "another config",

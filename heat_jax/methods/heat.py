@@ -160,11 +160,16 @@ class Heat(Method):
     return self.extensions()
 
   def resume_state(self) -> dict[str, Any]:
-    return {} if self.selected is None else {"selected": self.selected.tolist()}
+    if self.selected is None:
+      return {}
+    # The scoring facts go along, so a resumed run reports what the scoring run did.
+    info = {k: v for k, v in self.info.items() if k != "selection_restored"}
+    return {"selected": self.selected.tolist(), "info": info}
 
   def restore(self, state: dict[str, Any]) -> None:
     if "selected" in state:
       self.selected = np.asarray(state["selected"], bool)
+      self.info.update(state.get("info", {}))
       self.info["selection_restored"] = True
 
   def select(self, ctx: MethodContext) -> np.ndarray:
