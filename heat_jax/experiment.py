@@ -199,6 +199,11 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str,
   if results.get("fingerprint") != fingerprint:
     raise ConfigError(f"workdir {workdir} holds a finished run with a different config; "
                       "use a new --workdir or --config.train.resume=False")
+  artifacts_needed = ["adapter.npz", "adapter.json"]
+  if config.train.export_merged:
+    artifacts_needed.append("merged.npz")
+  if not all(os.path.isfile(os.path.join(workdir, name)) for name in artifacts_needed):
+    return None   # e.g. export_merged asked for later: finalize again from the checkpoint
   return results
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,9 +76,12 @@ def load_run(workdir: Path) -> tuple[dict, dict[str, np.ndarray]]:
   return results, arrays
 
 
-def assert_same_run(a: Path, b: Path) -> None:
+def assert_same_run(a: Path, b: Path, *, config_changes: dict | None = None) -> None:
+  """Same results (timings aside) and bit-identical adapters; `config_changes` are the
+  train.* fields b was run with on top of a's config."""
   ra, xa = load_run(a)
   rb, xb = load_run(b)
+  ra["config"]["train"].update(config_changes or {})
   assert comparable(ra) == comparable(rb)
   assert sorted(xa) == sorted(xb)
   for key in xa:   # bit for bit
@@ -180,3 +184,14 @@ def test_stale_head_selection_is_never_reused(reference):
   # ViT-micro (width 32, 2 heads of 16): per head q/k/v kernel slices and biases
   # 3 x (32 x 16 + 16), out kernel slice 16 x 32.
   assert results["trainable_params_no_head"] == 3 * (3 * (32 * 16 + 16) + 16 * 32)
+
+
+def test_export_merged_asked_for_later_is_written_from_the_checkpoint(reference):
+  base, cache = reference
+  work = base / "merged_later"
+  shutil.copytree(base / "a", work)
+  proc = run_cli(work, cache, "--config.train.export_merged=True")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(work / "merged.npz", allow_pickle=False) as f:
+    assert "head/kernel" in f.files
+  assert_same_run(base / "a", work, config_changes={"export_merged": True})
