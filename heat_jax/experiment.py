@@ -31,7 +31,9 @@ import enum
 import hashlib
 import json
 import math
+import numbers
 import os
+import re
 import shutil
 import time
 from typing import Any, Callable, Optional
@@ -43,15 +45,18 @@ import numpy as np
 from tqdm import tqdm
 
 from heat_jax import artifacts, checkpoints, distributed, model_spec
+from heat_jax import workdir as workdir_lib
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
-from heat_jax.errors import ConfigError, TrainingError
+from heat_jax.errors import CheckpointError, ConfigError, TrainingError
 from heat_jax.io_utils import sha256_file, write_json
 from heat_jax.methods import Method, MethodContext, get_method
-from heat_jax.models import create_model, model_family
+from heat_jax.models import create_model, model_defaults, model_family
+from heat_jax.resize import METHODS as RESIZE_METHODS
 from heat_jax.training import partition
 from heat_jax.training.checkpointing import TrainCheckpointer
 from heat_jax.training.metrics import MetricWriter, NullWriter
+from heat_jax.training.optimizer import WD_MASKS
 from heat_jax.training.trainer import Trainer, epoch_batches
 
 Log = Callable[[str], Any]
@@ -107,6 +112,39 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
 # ----------------------------------------------------------------------------- validate
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_model_config(config: ml_collections.ConfigDict) -> None:
+  """config.model against the named model's geometry (no weights are read)."""
+  m = config.model
+  family = model_family(m.name)            # ConfigError for an unknown name
+  size = m.image_size
+  if not _is_int(size) or size < 1:
+    raise ConfigError(f"config.model.image_size must be a positive integer, got {size!r}")
+  patch = int(model_defaults(m.name).get("patch_size", 1))
+  if size % patch:
+    near = max(patch, round(size / patch) * patch)
+    raise ConfigError(f"config.model.image_size={size} is not a multiple of {m.name}'s "
+                      f"patch size {patch}; use e.g. {near}")
+  if not 0 <= m.drop_path_rate < 1:
+    raise ConfigError(f"config.model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
+  if family == "vit":
+    if m.classifier not in ("token", "gap"):
+      raise ConfigError(f"config.model.classifier={m.classifier!r} is not token or gap")
+    if m.posemb_interpolation not in RESIZE_METHODS:
+      raise ConfigError(f"config.model.posemb_interpolation={m.posemb_interpolation!r} is "
+                        f"not one of {RESIZE_METHODS}")
+  pretrained = str(m.pretrained or "")
+  if pretrained and not (os.path.isfile(pretrained) or re.match(r"(https?|gs)://", pretrained)
+                         or checkpoints.get_checkpoint(pretrained) is not None):
+    if os.path.isdir(pretrained):
+      raise CheckpointError(f"config.model.pretrained={pretrained} is a directory; pass the "
+                            "checkpoint file in it (.npz, .safetensors, .pth)")
+    checkpoints.resolve_checkpoint(pretrained)   # raises the not-found / unknown-name line
+
+
 def validate(config: ml_collections.ConfigDict) -> Method:
   """Cheap checks that fail before any data or weights are touched; returns the method."""
   bad = [k for k, v in _flat(config.to_dict()).items()
@@ -114,6 +152,9 @@ def validate(config: ml_collections.ConfigDict) -> Method:
   if bad:
     raise ConfigError(f"config.{bad[0]} must be a finite number, got "
                       f"{_flat(config.to_dict())[bad[0]]}")
+  if not _is_int(config.seed) or not 0 <= config.seed < 2**32:
+    raise ConfigError(f"config.seed must be an integer in [0, 2**32), got {config.seed!r}")
+  check_model_config(config)
   t = config.train
   if t.batch_size < 1 or t.eval_batch_size < 1:
     raise ConfigError("config.train.batch_size and eval_batch_size must be >= 1")
@@ -127,8 +168,19 @@ def validate(config: ml_collections.ConfigDict) -> Method:
   for name in ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps"):
     if t[name] < 1:
       raise ConfigError(f"config.train.{name} must be >= 1, got {t[name]}")
-  if config.optim.lr <= 0:
-    raise ConfigError(f"config.optim.lr must be > 0, got {config.optim.lr}")
+  if t.max_steps < 0:
+    raise ConfigError(f"config.train.max_steps must be >= 0 (0 = no cap), got {t.max_steps}")
+  o = config.optim
+  if o.lr <= 0:
+    raise ConfigError(f"config.optim.lr must be > 0, got {o.lr}")
+  for name in ("weight_decay", "clip_norm", "warmup_epochs", "warmup_init_lr", "min_lr"):
+    if o[name] < 0:
+      raise ConfigError(f"config.optim.{name} must be >= 0, got {o[name]}")
+  for name in ("b1", "b2"):
+    if not 0 <= o[name] < 1:
+      raise ConfigError(f"config.optim.{name} must be in [0, 1), got {o[name]}")
+  if o.wd_mask not in WD_MASKS:
+    raise ConfigError(f"config.optim.wd_mask={o.wd_mask!r} is not one of {WD_MASKS}")
   check_data_config(config.data, model_family=model_family(config.model.name))
   method = get_method(config)
   method.validate()
@@ -152,6 +204,11 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str,
   if results.get("fingerprint") != fingerprint:
     raise ConfigError(f"workdir {workdir} holds a finished run with a different config; "
                       "use a new --workdir or --config.train.resume=False")
+  artifacts_needed = ["adapter.npz", "adapter.json"]
+  if config.train.export_merged:
+    artifacts_needed.append("merged.npz")
+  if not all(os.path.isfile(os.path.join(workdir, name)) for name in artifacts_needed):
+    return None   # e.g. export_merged asked for later: finalize again from the checkpoint
   return results
 
 
@@ -192,9 +249,22 @@ def load_weights(config: ml_collections.ConfigDict, model: Any) -> tuple[dict, d
     base.update(file=os.path.basename(path), sha256=sha256_file(path))
     params = checkpoints.load_pretrained(path, model, rng=init_rng,
                                          interpolation=config.model.posemb_interpolation)
+    bad = first_non_finite(params)
+    if bad is not None:
+      raise CheckpointError(f"checkpoint {path} holds NaN or infinite values (first in "
+                            f"{bad}); re-download or re-export it")
   else:
     params = checkpoints.init_params(model, rng=init_rng)
   return params, checkpoints.init_model_state(model, rng=init_rng), base
+
+
+def first_non_finite(params: dict) -> Optional[str]:
+  """The '/'-joined path of the first parameter with a NaN or infinite value, or None."""
+  for key, value in partition.flatten(params).items():
+    value = np.asarray(value)
+    if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+      return key
+  return None
 
 
 def clear_run_files(workdir: str) -> None:
@@ -228,18 +298,36 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
   model, _ = build_model(config, num_classes, method.extensions())
   params, model_state, base = load_weights(config, model)
 
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} cannot be created ({e.strerror or e}); pass a "
+                      "directory you can write to (--workdir=DIR)") from None
   if not t.resume:
     if distributed.is_primary():
       clear_run_files(workdir)
     distributed.barrier("clear_run_files")  # nobody reads the old checkpoints meanwhile
   ckpt = TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR))
+  try:
+    return _resume_point(config, workdir, method, fingerprint, log, task=task,
+                         num_classes=num_classes, model=model, params=params,
+                         model_state=model_state, base=base, ckpt=ckpt,
+                         steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  except BaseException:
+    ckpt.close()
+    raise
+
+
+def _resume_point(config: ml_collections.ConfigDict, workdir: str, method: Method,
+                  fingerprint: str, log: Log, *, task: Task, num_classes: int, model: Any,
+                  params: dict, model_state: dict, base: dict, ckpt: TrainCheckpointer,
+                  steps_per_epoch: int, total_steps: int) -> Prepared:
+  """The checkpoint to resume from (if any), the method's mask and the trainer."""
   latest = ckpt.latest_step()
   meta: dict = {}
   if latest is not None:
     meta = ckpt.restore_meta(latest)
     if meta.get("fingerprint") != fingerprint:
-      ckpt.close()
       raise ConfigError(f"workdir {workdir} holds a run with a different config; use a new "
                         "--workdir or --config.train.resume=False")
     method.restore(meta.get("method_state", {}))
@@ -464,12 +552,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if not distributed.is_primary():
     log = _quiet
   method = validate(config)
+  workdir_lib.check(workdir)
   fingerprint = config_fingerprint(config)
   done = finished_results(config, workdir, fingerprint)
   if done is not None:
     log(f"[heat_jax] {workdir} already holds the finished run of this config: test top-1 "
         f"{done['test_top1']:.4f}")
     return done
+  undo = workdir_lib.Undo(workdir)
+  try:
+    return _prepare_train_finalize(config, workdir, method, fingerprint, log)
+  except BaseException:
+    # Without a checkpoint nothing of this run can be resumed: leave no trace of it.
+    if not workdir_lib.has_checkpoint(os.path.join(workdir, CHECKPOINT_DIR)):
+      undo()
+    raise
+
+
+def _prepare_train_finalize(config: ml_collections.ConfigDict, workdir: str, method: Method,
+                            fingerprint: str, log: Log) -> dict[str, Any]:
   p = prepare(config, workdir, method, fingerprint, log)
   try:
     if p.start is Start.AFTER_LAST_STEP:

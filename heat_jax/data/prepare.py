@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 from absl import flags, logging
 
-from heat_jax.data import absl_cli
+from heat_jax import absl_cli
 from heat_jax.data.tfds_source import (_first_line, check_data_dir, not_found_reason,
                                        raise_open_file_limit, resolve_data_dir)
 from heat_jax.data.vtab_tasks import ALIASES, MANUAL_INSTRUCTIONS, TASK_NAMES, TASKS

@@ -731,5 +731,5 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-  from heat_jax.data import absl_cli
+  from heat_jax import absl_cli
   absl_cli.run(main, _define_flags)

@@ -25,7 +25,7 @@ from heat_jax import distributed
 from heat_jax.errors import ConfigError
 from heat_jax.methods.base import Method, MethodContext, register_method
 from heat_jax.methods.lora import lora_spec
-from heat_jax.models import head_layout
+from heat_jax.models import create_model, head_layout
 from heat_jax.models.extensions import Extension
 from heat_jax.models.attention_paths import attention_paths, get_subtree
 from heat_jax.training import partition
@@ -121,6 +121,40 @@ class Heat(Method):
       raise ConfigError(f"config.importance.batch_size={self.config.importance.batch_size} "
                         f"must be divisible by the {n_dev} devices")
     super().validate()
+    self._validate_selection()
+
+  def _validate_selection(self) -> None:
+    """Scoring and budget options against the model's head layout (no weights, no data).
+
+    A dry run of the selection on constant scores raises every budget, deactivate,
+    scope and select error that the real selection would raise after scoring.
+    """
+    from heat_jax import importance
+    imp, h, m = self.config.importance, self.config.heat, self.config.model
+    for block, name, valid in (("importance", "strategy", importance.STRATEGIES),
+                               ("importance", "normalize", importance.NORMALIZE),
+                               ("heat", "scope", importance.SCOPES),
+                               ("heat", "select", importance.SELECTS)):
+      if self.config[block][name] not in valid:
+        raise ConfigError(f"config.{block}.{name}={self.config[block][name]!r} is not one "
+                          f"of {', '.join(valid)}")
+    if imp.batch_size < 1:
+      raise ConfigError(f"config.importance.batch_size must be >= 1, got {imp.batch_size}")
+    if imp.num_batches < 0:
+      raise ConfigError(f"config.importance.num_batches must be >= 0 (0 = all), got "
+                        f"{imp.num_batches}")
+    if h.select_seed < 0:
+      raise ConfigError(f"config.heat.select_seed must be >= 0, got {h.select_seed}")
+    layout = head_layout(create_model(m.name, 1, image_size=m.image_size))
+    try:
+      importance.select_heads(np.ones(layout.shape), h.budget, scope=h.scope,
+                              select=h.select, seed=h.select_seed, valid=layout.valid,
+                              deactivate=h.deactivate)
+    except ConfigError as e:
+      per_layer = "/".join(map(str, sorted(set(layout.heads_per_layer))))
+      raise ConfigError(f"config.heat: {e.one_line()} ({m.name}: {layout.num_layers} "
+                        f"layers of {per_layer} heads); change config.heat.budget, "
+                        "deactivate or scope") from None
 
   def extensions(self) -> tuple[Extension, ...]:
     if self.config.heat.tune == "lora":
@@ -133,11 +167,16 @@ class Heat(Method):
     return self.extensions()
 
   def resume_state(self) -> dict[str, Any]:
-    return {} if self.selected is None else {"selected": self.selected.tolist()}
+    if self.selected is None:
+      return {}
+    # The scoring facts go along, so a resumed run reports what the scoring run did.
+    info = {k: v for k, v in self.info.items() if k != "selection_restored"}
+    return {"selected": self.selected.tolist(), "info": info}
 
   def restore(self, state: dict[str, Any]) -> None:
     if "selected" in state:
       self.selected = np.asarray(state["selected"], bool)
+      self.info.update(state.get("info", {}))
       self.info["selection_restored"] = True
 
   def select(self, ctx: MethodContext) -> np.ndarray:
