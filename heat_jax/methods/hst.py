@@ -77,7 +77,7 @@ BLOCK_NORM = re.compile(r"Transformer/encoderblock_\d+/LayerNorm_[01]/(scale|bia
 
 # Initialisers of the reference code (timm): Linear trunc-normal(0.02), zero bias; Conv
 # normal(0, sqrt(2 / (k * k * out))); LayerNorm (1, 0).
-_dense_init = nn.initializers.truncated_normal(stddev=0.02)
+_dense_init = nn.initializers.normal(stddev=0.02)
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
