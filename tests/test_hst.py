@@ -319,14 +319,13 @@ def test_resume_restores_batch_stats_bit_identically(straight, tmp_path, monkeyp
     assert np.array_equal(a[k], b[k]), k
 
 
-def test_smoke_config_runs():
+def test_smoke_config_runs(tmp_path):
   from configs import smoke
-  import tempfile
-  with tempfile.TemporaryDirectory() as work:
-    c = smoke.get_config("method=hst")
-    c.train.progress = False
-    results = experiment.run(c, work, log=lambda *_: None)
+  c = smoke.get_config("method=hst")
+  c.train.progress = False
+  results = experiment.run(c, str(tmp_path), log=lambda *_: None)
   assert results["method"] == "hst" and np.isfinite(results["test_top1"])
+  assert (tmp_path / "adapter.npz").exists()
 
 
 # ----------------------------------------------------------------------------- options

@@ -75,8 +75,9 @@ MAX_AUTO_STAGES = len(PAPER_WIDTHS)
 # Backbone parameters HST trains besides its own: every block's two LayerNorms.
 BLOCK_NORM = re.compile(r"Transformer/encoderblock_\d+/LayerNorm_[01]/(scale|bias)")
 
-# Initialisers of the reference code (timm): Linear trunc-normal(0.02), zero bias; Conv
-# normal(0, sqrt(2 / (k * k * out))); LayerNorm (1, 0).
+# Initialisers of the reference code: Linear timm trunc_normal_(std=0.02), whose bounds
+# are +-2 absolute (100 std), i.e. a plain normal; zero bias. Conv normal(0,
+# sqrt(2 / (k * k * out))), zero bias. LayerNorm (1, 0).
 _dense_init = nn.initializers.normal(stddev=0.02)
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
