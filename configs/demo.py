@@ -13,7 +13,7 @@ and full fine-tuning. Small offline study, NOT a VTAB result.
 Arguments: seeds (>= 1), tasks and variants (lists joined with `+`), epochs, budget
 (heads kept), strategy (TIS strategy), model, pretrain_steps, pretrain_images. Tasks:
 sprite_x, sprite_orientation, count, texture, digits (heat_jax/data/synthetic.py);
-variants: heat, heat_random, heat_bottom, lora, linear, full. `study.validate` checks
+variants: heat, heat_random, heat_bottom, lora, linear, full, and hst (not by default). `study.validate` checks
 every value before the pretraining starts.
 """
 

@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lora": {"method.name": "lora"},
     "linear": {"method.name": "linear"},
     "full": {"method.name": "full"},
+    # Not in the default list; ask with variants=...+hst (its side network dwarfs ViT-demo).
+    "hst": {"method.name": "hst"},
 }
 
 
