@@ -1,7 +1,8 @@
 """Thin entry point: absl flags + ml_collections config files -> a job.
 
-A config's `job` field picks what runs: `train` (default, `experiment.run`) or
-`study` (the demo study over several methods). `UserError`s become one line on stderr
+A config's `job` field picks what runs: `train` (default, `experiment.run`; its
+one-line result goes to stdout) or `study` (the demo study over several methods; its
+table goes to stdout). Logs (absl) and progress bars go to stderr. `UserError`s become one line on stderr
 and exit code 2.
 """
 
@@ -77,14 +78,16 @@ def main(argv: Sequence[str], default_config: Optional[str] = None) -> int:
     return _fail(_config_error_line(e))
   if config is None:
     return _fail("no config; pass --config=configs/<file>.py[:args]")
+  from heat_jax import logs
+  logs.cli_defaults()   # INFO on stderr as under app.run; --verbosity / --log_dir apply
   workdir = FLAGS.workdir or default_workdir(config)
   try:
     if config.get("job", "train") == "study":
       from heat_jax import study
-      study.run(config, workdir)
+      study.run(config, workdir)   # prints its table on stdout
     else:
       from heat_jax import experiment
-      experiment.run(config, workdir)
+      print(experiment.summary_line(experiment.run(config, workdir)), flush=True)
   except UserError as e:
     return _fail(e.one_line())
   except KeyboardInterrupt:

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -36,9 +37,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
-from heat_jax import artifacts, checkpoints, model_spec
+from heat_jax import artifacts, checkpoints, logs, model_spec
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
 from heat_jax.errors import ConfigError, TrainingError
@@ -244,7 +246,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
   counts = (partition.count(params, mask),
             partition.count(params, mask, exclude=partition.is_head),
             partition.count(params, {k: True for k in partition.flatten(params)}))
-  log(f"[heat_jax] {config.method.name} on {task.name}: trainable parameters "
+  log(f"{config.method.name} on {task.name}: trainable parameters "
       f"{counts[0]:,} ({counts[1]:,} without the classifier) of {counts[2]:,}")
   trainer = Trainer(model, params, mask, config.optim, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, seed=config.seed,
@@ -255,7 +257,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
     restored, _ = ckpt.restore(latest, state)
     state = jax.device_put(restored, trainer.replicated)
     start = Start.AFTER_LAST_STEP if latest >= total_steps else Start.RESUME
-    log(f"[heat_jax] resumed from step {latest} ({start.value})")
+    log(f"resumed from step {latest} ({start.value})")
   return Prepared(config=config, workdir=workdir, task=task, method=method, model=model,
                   spec=spec, base=base, mask=mask, counts=counts, trainer=trainer,
                   ckpt=ckpt, start=start, state=state, meta=meta,
@@ -318,6 +320,9 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
         record["val_top1"] = trainer.evaluate(state, task.val, t.eval_batch_size)["top1"]
       history.append(record)
       writer.write(step, {f"eval/{k}": v for k, v in record.items() if k != "step"})
+      with tqdm.external_write_mode(file=sys.stderr):   # the line, then the bar again
+        log(f"step {step} (epoch {epoch:g}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k.endswith("_top1")))
     clock.side_work(run)
 
   def save(step: int) -> None:
@@ -405,7 +410,7 @@ def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
                       images=steps * t.batch_size, steps=steps)
   results["fingerprint"] = p.fingerprint
   write_json(os.path.join(p.workdir, RESULTS_FILE), results)
-  log(f"[heat_jax] {p.task.name} / {p.config.method.name}: test top-1 "
+  log(f"{p.task.name} / {p.config.method.name}: test top-1 "
       f"{results['test_top1']:.4f} (best epoch {results['best_test_top1']:.4f})")
   return results
 
@@ -440,15 +445,28 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
 # ----------------------------------------------------------------------------- run
 
 
+def summary_line(results: dict[str, Any]) -> str:
+  """The one line a finished run prints on stdout (run.py)."""
+  return (f"{results['task']} / {results['method']}: test top-1 {results['test_top1']:.4f} "
+          f"(best epoch {results['best_test_top1']:.4f}), trainable parameters "
+          f"{results['trainable_params']:,}")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *,
-        log: Log = print) -> dict[str, Any]:
-  """Trains and evaluates one configuration; returns the results dict."""
+        quiet: bool = False) -> dict[str, Any]:
+  """Trains and evaluates one configuration; returns the results dict.
+
+  Progress goes to absl.logging at INFO (`quiet`: at DEBUG, shown by --verbosity=1)
+  and to a progress bar on stderr (`config.train.progress`); nothing to stdout.
+  """
+  logs.setup()
+  log: Log = logging.debug if quiet else logging.info
   config = copy.deepcopy(config)  # nothing below may change the caller's config
   method = validate(config)
   fingerprint = config_fingerprint(config)
   done = finished_results(config, workdir, fingerprint)
   if done is not None:
-    log(f"[heat_jax] {workdir} already holds the finished run of this config: test top-1 "
+    log(f"{workdir} already holds the finished run of this config: test top-1 "
         f"{done['test_top1']:.4f}")
     return done
   p = prepare(config, workdir, method, fingerprint, log)

@@ -8,11 +8,11 @@ Nothing is ever downloaded here: a dataset that is not prepared raises a one-lin
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 from heat_jax.data import register_source
 from heat_jax.data.base import Task

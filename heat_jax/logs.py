@@ -1,0 +1,59 @@
+"""How heat_jax reports: `absl.logging` on stderr, results on stdout.
+
+Every message of the library goes through `absl.logging` (INFO: what a run is doing;
+DEBUG, i.e. `--verbosity=1`: the per-run lines of a study). Under `absl.app.run`
+(run.py, `python -m heat_jax.predict`, the data CLIs) absl shows INFO on stderr, and
+its flags apply: `--verbosity=-1` keeps warnings only, `--log_dir=DIR` writes log files,
+`--logtostderr` / `--alsologtostderr` choose the stream. Progress bars (tqdm) also use
+stderr, so stdout carries only what a command produces: the one-line result of a run,
+the demo study's table, predictions.
+
+Outside app.run (a notebook, a script) absl would drop INFO; `setup()`, called when a
+job starts, shows INFO there too unless the user chose a level
+(`absl.logging.set_verbosity(...)`) or absl's flags were parsed.
+
+Libraries that log through absl too (orbax writes ~40 INFO lines per checkpoint save,
+TFDS one per dataset lookup) are kept to WARNING and above unless `--verbosity>=1`.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+
+from absl import flags, logging
+
+# Packages whose absl INFO lines are hidden at the default verbosity.
+CHATTY = ("orbax", "tensorflow_datasets", "etils")
+
+
+class _HideChatty(std_logging.Filter):
+  """Drops INFO records of CHATTY packages unless absl's verbosity is DEBUG or more."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.WARNING or logging.get_verbosity() >= logging.DEBUG:
+      return True
+    path = record.pathname
+    return not any(f"{os.sep}{name}{os.sep}" in path for name in CHATTY)
+
+
+_FILTER = _HideChatty()
+
+
+def setup() -> None:
+  """Hides chatty libraries' INFO; shows INFO outside app.run unless a level was chosen."""
+  absl_logger = logging.get_absl_logger()
+  if _FILTER not in absl_logger.filters:
+    absl_logger.addFilter(_FILTER)
+  if flags.FLAGS.is_parsed() or absl_logger.level != std_logging.NOTSET:
+    return
+  logging.set_verbosity(logging.INFO)
+
+
+def cli_defaults() -> None:
+  """What app.run does for logging, for entry points that parse absl flags themselves:
+  absl's handler (format, --log_dir, --logtostderr) and INFO unless --verbosity was given."""
+  logging.use_absl_handler()
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+  setup()
