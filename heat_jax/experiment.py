@@ -57,6 +57,7 @@ RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
 # Files a run writes into its workdir (cleared by train.resume=False).
 RUN_FILES = (RESULTS_FILE, "metrics.jsonl", "adapter.npz", "adapter.json", "merged.npz",
+             "merged.safetensors", "adapter_config.json", "adapter_model.safetensors",
              "importance.npy", "heads.npy", "importance.json", "importance.png")
 _RESUME_NEUTRAL = ("train.resume", "train.progress", "train.export_merged")
 
@@ -399,11 +400,13 @@ def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
   final_params = p.trainer.full_params(state)
   n_stored = artifacts.export_adapter(
       p.workdir, final_params, p.mask, model_spec=p.spec, base=p.base,
-      model_state=p.trainer.full_model_state(state), extra={"method": p.config.method.name})
+      model_state=p.trainer.full_model_state(state), extra=adapter_info(p))
   if n_stored != p.counts[0]:
     raise RuntimeError(f"adapter stores {n_stored} scalars but {p.counts[0]} are trainable")
   if t.export_merged:
-    artifacts.export_merged(os.path.join(p.workdir, "merged.npz"), p.model, final_params)
+    family = model_family(p.config.model.name)
+    artifacts.export_merged(os.path.join(p.workdir, artifacts.merged_filename(family)),
+                            p.model, final_params)
   steps = int(state["step"])
   results = summarize(p.config, p.task, history, p.method.info, base=p.base,
                       trainable=p.counts, wall=clock.elapsed(), train_time=clock.train_time(),
@@ -413,6 +416,25 @@ def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
   log(f"{p.task.name} / {p.config.method.name}: test top-1 "
       f"{results['test_top1']:.4f} (best epoch {results['best_test_top1']:.4f})")
   return results
+
+
+def preprocess_info(config: ml_collections.ConfigDict, task: Task) -> dict[str, Any]:
+  """How images were prepared for the model (what `heat_jax.predict` repeats)."""
+  return {"image_size": int(config.model.image_size),
+          "value_range": task.info.get("value_range"),
+          "resize_method": task.info.get("resize_method")}
+
+
+def adapter_info(p: Prepared) -> dict[str, Any]:
+  """The method, its options and state, the task and preprocessing, for the adapter files."""
+  blocks = type(p.method).default_config()
+  return {"method": p.config.method.name,
+          "method_config": {b: p.config[b].to_dict() for b in blocks},
+          "method_state": p.method.resume_state(),   # e.g. HEAT's head selection
+          "task": {"name": p.task.name, "num_classes": p.task.num_classes,
+                   "source": p.task.info.get("source")},
+          "class_names": p.task.class_names(),
+          "preprocess": preprocess_info(p.config, p.task)}
 
 
 def summarize(config, task, history: list[dict], method_info: dict, *, base: dict,
@@ -437,6 +459,7 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
       "images_per_s": round(images / train_time, 2) if train_time > 0 else None,
       "value_range": task.info.get("value_range"),
       "resize_method": task.info.get("resize_method"),
+      "preprocess": preprocess_info(config, task), "class_names": task.class_names(),
       "method_info": method_info, "history": history,
       "config": config.to_dict(),
   }

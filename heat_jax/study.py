@@ -22,9 +22,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from heat_jax import experiment, logs
+from heat_jax import artifacts, experiment, logs
 from heat_jax.errors import ConfigError
 from heat_jax.io_utils import cache_dir, write_json, write_text
+from heat_jax.models import model_family
 
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
           "NOT a VTAB result")
@@ -47,7 +48,8 @@ def pretrained_backbone(config: ml_collections.ConfigDict) -> str:
   spec = json.dumps({"model": model.name, "image_size": model.image_size, **p.to_dict()},
                     sort_keys=True)
   key = hashlib.sha256(spec.encode()).hexdigest()[:12]
-  path = cache_dir("demo") / f"backbone-{model.name}-{key}.npz"
+  merged = artifacts.merged_filename(model_family(model.name))   # merged.npz for a ViT
+  path = cache_dir("demo") / f"backbone-{model.name}-{key}{os.path.splitext(merged)[1]}"
   info_path = path.with_suffix(".json")
   if path.exists():
     note = ""
@@ -86,7 +88,7 @@ def pretrained_backbone(config: ml_collections.ConfigDict) -> str:
   logging.info(f"pretraining accuracy on held-out mixture: {results['test_top1']:.3f}")
   write_json(info_path, {"test_top1": results["test_top1"], "steps": results["steps"],
                          "wall_time_s": results["wall_time_s"], "pretrain": p.to_dict()})
-  os.replace(os.path.join(workdir, "merged.npz"), path)
+  os.replace(os.path.join(workdir, merged), path)
   shutil.rmtree(workdir, ignore_errors=True)
   return str(path)
 

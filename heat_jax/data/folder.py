@@ -316,6 +316,7 @@ def _build_folder_task(data_config: Any, *, image_size: int, value_range: str) -
       name=task_name, num_classes=num_classes, train=made["train"], test=made["test"],
       val=made.get("val"),
       info={"source": "folder", "folder_root": str(dataset.root), "classes": classes,
+            "class_names": classes or None,
             "splits": {r: splits[r] for r in made},
             "num_examples": {r: s.num_examples for r, s in made.items()},
             "value_range": value_range, "resize_method": method})
