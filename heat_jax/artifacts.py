@@ -204,7 +204,8 @@ def verify_base(meta: dict, base_path: Optional[str], where: str) -> None:
   """CheckpointError unless `base_path` is the base the adapter was trained on."""
   recorded = meta.get("base", meta.get("base_model", {})) or {}
   want = recorded.get("sha256")
-  hint = "pass the base it was trained on, or check_base=False to load it anyway"
+  hint = ("pass the base it was trained on, or check_base=False (predict: --nocheck_base) "
+          "to load it anyway")
   if base_path is None:
     return
   if not want:
