@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
@@ -31,7 +30,8 @@ import jax
 import numpy as np
 
 from heat_jax.errors import CheckpointError, ConfigError
-from heat_jax.io_utils import atomic_open, load_npz, sha256_file, write_json, write_npz
+from heat_jax.io_utils import (as_path, atomic_open, load_npz, read_json, sha256_file,
+                               write_json, write_npz)
 from heat_jax.training import partition
 
 ADAPTER_FORMAT = "heat_jax.adapter.v1"
@@ -117,21 +117,21 @@ def read_adapter(path: str) -> tuple[dict, dict[str, np.ndarray], str]:
 
   The peft-style pair is read when present, else adapter.json / adapter.npz.
   """
+  path = os.fspath(path)
   folder = path
-  if os.path.isfile(path):
+  if as_path(path).is_file():
     folder = os.path.dirname(path) or "."
     if os.path.basename(path) not in (PEFT_CONFIG, "adapter.json"):
       raise CheckpointError(f"{path} is not an adapter file; pass a run's workdir, its "
                             f"{PEFT_CONFIG} or its adapter.json")
   prefer_old = os.path.basename(path) == "adapter.json"
   peft = os.path.join(folder, PEFT_CONFIG)
-  if os.path.isfile(peft) and not prefer_old:
+  if as_path(peft).exists() and not prefer_old:
     meta = _read_json(peft, PEFT_FORMAT)
     from safetensors.numpy import load
     weights = os.path.join(folder, PEFT_WEIGHTS)
     try:
-      with open(weights, "rb") as f:
-        arrays = dict(load(f.read()))
+      arrays = dict(load(as_path(weights).read_bytes()))
     except FileNotFoundError:
       raise CheckpointError(f"{folder} has {PEFT_CONFIG} but no {PEFT_WEIGHTS}; copy both "
                             "files") from None
@@ -139,7 +139,7 @@ def read_adapter(path: str) -> tuple[dict, dict[str, np.ndarray], str]:
       raise CheckpointError(f"cannot read {weights} ({e})") from None
     return meta, arrays, peft
   old = os.path.join(folder, "adapter.json")
-  if not os.path.isfile(old):
+  if not as_path(old).exists():
     raise CheckpointError(f"no {PEFT_CONFIG} or adapter.json in {folder}; pass the "
                           "workdir of a finished run")
   return _read_json(old, ADAPTER_FORMAT), load_npz(os.path.join(folder, "adapter.npz")), old
@@ -147,8 +147,7 @@ def read_adapter(path: str) -> tuple[dict, dict[str, np.ndarray], str]:
 
 def _read_json(path: str, fmt: str) -> dict:
   try:
-    with open(path) as f:
-      meta = json.load(f)
+    meta = read_json(path)
   except (OSError, ValueError) as e:
     raise CheckpointError(f"cannot read {path} ({e})") from None
   if not isinstance(meta, dict) or meta.get("format") != fmt:

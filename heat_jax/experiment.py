@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -44,7 +43,8 @@ from heat_jax import artifacts, checkpoints, logs, model_spec
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
 from heat_jax.errors import ConfigError, TrainingError
-from heat_jax.io_utils import sha256_file, write_json
+from heat_jax.io_utils import (as_path, read_json, remove_file, remove_tree, sha256_file,
+                               write_json)
 from heat_jax.methods import Method, MethodContext, get_method
 from heat_jax.models import create_model, model_family
 from heat_jax.training import partition
@@ -140,11 +140,10 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str,
                      fingerprint: str) -> Optional[dict]:
   """The results of this config if `workdir` holds them (FINISHED), else None."""
   path = os.path.join(workdir, RESULTS_FILE)
-  if not config.train.resume or not os.path.isfile(path):
+  if not config.train.resume or not as_path(path).exists():
     return None
   try:
-    with open(path) as f:
-      results = json.load(f)
+    results = read_json(path)
   except (OSError, ValueError):
     return None  # unreadable: the run is redone and the file rewritten
   if results.get("fingerprint") != fingerprint:
@@ -197,11 +196,9 @@ def load_weights(config: ml_collections.ConfigDict, model: Any) -> tuple[dict, d
 
 def clear_run_files(workdir: str) -> None:
   """Removes a previous run's files (train.resume=False starts over)."""
-  shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR), ignore_errors=True)
+  remove_tree(os.path.join(workdir, CHECKPOINT_DIR))
   for name in RUN_FILES:
-    path = os.path.join(workdir, name)
-    if os.path.isfile(path):
-      os.remove(path)
+    remove_file(os.path.join(workdir, name))
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
@@ -226,7 +223,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
   model, _ = build_model(config, num_classes, method.extensions())
   params, model_state, base = load_weights(config, model)
 
-  os.makedirs(workdir, exist_ok=True)
+  as_path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
   if not t.resume:
     clear_run_files(workdir)
   ckpt = TrainCheckpointer(os.path.join(workdir, CHECKPOINT_DIR))
@@ -328,6 +325,7 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
 
   def save(step: int) -> None:
     clock.side_work(lambda: p.ckpt.save(step, state, checkpoint_meta(p, history, clock)))
+    writer.flush()   # metrics as durable as the checkpoint (one upload on gs://)
 
   bar = tqdm(total=p.total_steps, initial=step, desc="train", disable=not t.progress,
              dynamic_ncols=True)

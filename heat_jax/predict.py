@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -65,16 +64,16 @@ def define_flags() -> None:
 def run_info(workdir: str) -> dict[str, Any]:
   """Preprocessing and class names of a finished run; ConfigError if it is not one."""
   from heat_jax import artifacts
-  if not os.path.isdir(workdir):
+  from heat_jax.io_utils import as_path, is_remote, read_json
+  if not is_remote(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir} does not exist; pass the workdir of a finished "
                       "run (python run.py ... --workdir=DIR)")
   results_path = os.path.join(workdir, "results.json")
-  if not os.path.isfile(results_path):
+  if not as_path(results_path).exists():
     raise ConfigError(f"{workdir} holds no finished run (no results.json); finish the run "
                       "first (rerun its python run.py command to resume it)")
   try:
-    with open(results_path) as f:
-      results = json.load(f)
+    results = read_json(results_path)
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read {results_path} ({e}); rerun the run's command to "
                       "rewrite it") from None

@@ -24,7 +24,7 @@ from absl import logging
 
 from heat_jax import artifacts, experiment, logs
 from heat_jax.errors import ConfigError
-from heat_jax.io_utils import cache_dir, write_json, write_text
+from heat_jax.io_utils import as_path, cache_dir, remove_tree, write_json, write_text
 from heat_jax.models import model_family
 
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
@@ -203,7 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   tasks, variants = validate(config)   # before any directory, pretraining or run
   logging.info(f"{HEADER}: {config.base.model.name}, tasks {', '.join(tasks)}; "
       f"{len(variants)} variants x {s.seeds} seed(s)")
-  os.makedirs(workdir, exist_ok=True)
+  as_path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
   if s.get("compilation_cache", True):
     enable_compilation_cache()
   backbone = pretrained_backbone(config)
@@ -213,7 +213,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       for variant in variants:
         c = variant_config(config, task, variant, seed, backbone)
         run_dir = os.path.join(workdir, task, variant, f"seed{seed}")
-        shutil.rmtree(run_dir, ignore_errors=True)   # a study always runs afresh
+        remove_tree(run_dir)   # a study always runs afresh
         tic = time.time()
         r = experiment.run(c, run_dir, quiet=True)
         rows.append({"task": task, "variant": variant, "seed": seed,
