@@ -2,8 +2,8 @@
 
 A config's `job` field picks what runs: `train` (default, `experiment.run`; its
 one-line result goes to stdout) or `study` (the demo study over several methods; its
-table goes to stdout). Logs (absl) and progress bars go to stderr. `UserError`s become one line on stderr
-and exit code 2.
+table goes to stdout). Logs (absl) and progress bars go to stderr. `UserError`s become
+one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
