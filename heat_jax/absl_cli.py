@@ -7,19 +7,16 @@ Bad flags and `UserError`s print one line `error: ...` and exit 2; `--help`,
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
-from absl import logging as absl_logging
 
+from heat_jax import logs
 from heat_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 _HELP = {"help", "helpshort", "helpfull", "?"}
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Turns an error raised while parsing flags into the one line printed after `error:`.
 Explain = Callable[[BaseException], Optional[str]]
 
@@ -28,21 +25,6 @@ def fail(message: str) -> int:
   """Prints `error: <message>` as one line on stderr; returns the exit code 2."""
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
   return 2
-
-
-class _OwnInfoOnly(logging.Filter):
-  """Drops INFO records of other libraries (orbax logs each checkpoint in ~30 lines)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.WARNING
-            or os.path.abspath(record.pathname).startswith(_PACKAGE_DIR))
-
-
-def _hide_library_info() -> None:
-  """Under absl.app.run, INFO logs reach stderr; keep ours, hide the libraries' unless
-  --verbosity asks for debug output."""
-  if FLAGS["verbosity"].value < 1:
-    absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())
 
 
 def _asks_for_help(argv: Sequence[str]) -> bool:
@@ -80,7 +62,7 @@ def run(main: Callable[[list[str]], int], define_flags: Callable[[], None],
   define_flags()
 
   def guarded(args: list[str]) -> int:
-    _hide_library_info()
+    logs.setup()   # under app.run: our INFO on stderr, other libraries' hidden
     try:
       return main(args)
     except UserError as e:

@@ -1,9 +1,10 @@
 """The run.py command line: absl flags + an ml_collections config file -> a job.
 
-A config's `job` field picks what runs: `train` (default, `experiment.run`) or
-`study` (the demo study over several methods). Bad input (flags, config files,
-config values, data, checkpoints, the workdir) prints one line `error: ...` on stderr
-and exits with code 2; `--help` exits 0 (see `heat_jax.absl_cli`).
+A config's `job` field picks what runs: `train` (default, `experiment.run`; its
+one-line result goes to stdout) or `study` (the demo study over several methods; its
+table goes to stdout). Logs (absl) and progress bars go to stderr. Bad input (flags,
+config files, config values, data, checkpoints, the workdir) prints one line
+`error: ...` on stderr and exits with code 2; `--help` exits 0 (`heat_jax.absl_cli`).
 """
 
 from __future__ import annotations
@@ -177,10 +178,10 @@ def _job(argv: Sequence[str]) -> int:
   try:
     if config.get("job", "train") == "study":
       from heat_jax import study
-      study.run(config, workdir)
+      study.run(config, workdir)   # prints its table on stdout
     else:
       from heat_jax import experiment
-      experiment.run(config, workdir)
+      print(experiment.summary_line(experiment.run(config, workdir)), flush=True)
   except KeyboardInterrupt:
     print("interrupted; rerun the same command to resume", file=sys.stderr)
     return 130

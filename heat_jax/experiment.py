@@ -34,7 +34,7 @@ import math
 import numbers
 import os
 import re
-import shutil
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -42,14 +42,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
-from heat_jax import artifacts, checkpoints, distributed, model_spec
+from heat_jax import artifacts, checkpoints, distributed, logs, model_spec
 from heat_jax import workdir as workdir_lib
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
 from heat_jax.errors import CheckpointError, ConfigError, TrainingError
-from heat_jax.io_utils import sha256_file, write_json
+from heat_jax.io_utils import (as_path, read_json, remove_file, remove_tree, sha256_file,
+                               write_json)
 from heat_jax.methods import Method, MethodContext, get_method
 from heat_jax.models import create_model, model_defaults, model_family
 from heat_jax.resize import METHODS as RESIZE_METHODS
@@ -64,6 +66,7 @@ RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
 # Files a run writes into its workdir (cleared by train.resume=False).
 RUN_FILES = (RESULTS_FILE, "metrics.jsonl", "adapter.npz", "adapter.json", "merged.npz",
+             "merged.safetensors", "adapter_config.json", "adapter_model.safetensors",
              "importance.npy", "heads.npy", "importance.json", "importance.png")
 _RESUME_NEUTRAL = ("train.resume", "train.progress", "train.export_merged")
 
@@ -194,11 +197,10 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str,
                      fingerprint: str) -> Optional[dict]:
   """The results of this config if `workdir` holds them (FINISHED), else None."""
   path = os.path.join(workdir, RESULTS_FILE)
-  if not config.train.resume or not os.path.isfile(path):
+  if not config.train.resume or not as_path(path).exists():
     return None
   try:
-    with open(path) as f:
-      results = json.load(f)
+    results = read_json(path)
   except (OSError, ValueError):
     return None  # unreadable: the run is redone and the file rewritten
   if results.get("fingerprint") != fingerprint:
@@ -206,8 +208,8 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str,
                       "use a new --workdir or --config.train.resume=False")
   artifacts_needed = ["adapter.npz", "adapter.json"]
   if config.train.export_merged:
-    artifacts_needed.append("merged.npz")
-  if not all(os.path.isfile(os.path.join(workdir, name)) for name in artifacts_needed):
+    artifacts_needed.append(artifacts.merged_filename(model_family(config.model.name)))
+  if not all(as_path(os.path.join(workdir, name)).exists() for name in artifacts_needed):
     return None   # e.g. export_merged asked for later: finalize again from the checkpoint
   return results
 
@@ -269,11 +271,9 @@ def first_non_finite(params: dict) -> Optional[str]:
 
 def clear_run_files(workdir: str) -> None:
   """Removes a previous run's files (train.resume=False starts over)."""
-  shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR), ignore_errors=True)
+  remove_tree(os.path.join(workdir, CHECKPOINT_DIR))
   for name in RUN_FILES:
-    path = os.path.join(workdir, name)
-    if os.path.isfile(path):
-      os.remove(path)
+    remove_file(os.path.join(workdir, name))
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
@@ -299,7 +299,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
   params, model_state, base = load_weights(config, model)
 
   try:
-    os.makedirs(workdir, exist_ok=True)
+    as_path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
   except OSError as e:
     raise ConfigError(f"workdir {workdir} cannot be created ({e.strerror or e}); pass a "
                       "directory you can write to (--workdir=DIR)") from None
@@ -339,7 +339,7 @@ def _resume_point(config: ml_collections.ConfigDict, workdir: str, method: Metho
   counts = (partition.count(params, mask),
             partition.count(params, mask, exclude=partition.is_head),
             partition.count(params, {k: True for k in partition.flatten(params)}))
-  log(f"[heat_jax] {config.method.name} on {task.name}: trainable parameters "
+  log(f"{config.method.name} on {task.name}: trainable parameters "
       f"{counts[0]:,} ({counts[1]:,} without the classifier) of {counts[2]:,}")
   trainer = Trainer(model, params, mask, config.optim, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, seed=config.seed,
@@ -350,7 +350,7 @@ def _resume_point(config: ml_collections.ConfigDict, workdir: str, method: Metho
     restored, _ = ckpt.restore(latest, state)
     state = jax.device_put(restored, trainer.replicated)
     start = Start.AFTER_LAST_STEP if latest >= total_steps else Start.RESUME
-    log(f"[heat_jax] resumed from step {latest} ({start.value})")
+    log(f"resumed from step {latest} ({start.value})")
   return Prepared(config=config, workdir=workdir, task=task, method=method, model=model,
                   spec=spec, base=base, mask=mask, counts=counts, trainer=trainer,
                   ckpt=ckpt, start=start, state=state, meta=meta,
@@ -414,10 +414,14 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
         record["val_top1"] = trainer.evaluate(state, task.val, t.eval_batch_size)["top1"]
       history.append(record)
       writer.write(step, {f"eval/{k}": v for k, v in record.items() if k != "step"})
+      with tqdm.external_write_mode(file=sys.stderr):   # the line, then the bar again
+        log(f"step {step} (epoch {epoch:g}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k.endswith("_top1")))
     clock.side_work(run)
 
   def save(step: int) -> None:
     clock.side_work(lambda: p.ckpt.save(step, state, checkpoint_meta(p, history, clock)))
+    writer.flush()   # metrics as durable as the checkpoint (one upload on gs://)
 
   bar = tqdm(total=p.total_steps, initial=step, desc="train",
              disable=not t.progress or not distributed.is_primary(), dynamic_ncols=True)
@@ -494,11 +498,13 @@ def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
   if primary:
     n_stored = artifacts.export_adapter(
         p.workdir, final_params, p.mask, model_spec=p.spec, base=p.base,
-        model_state=model_state, extra={"method": p.config.method.name})
+        model_state=model_state, extra=adapter_info(p))
     if n_stored != p.counts[0]:
       raise RuntimeError(f"adapter stores {n_stored} scalars but {p.counts[0]} are trainable")
   if t.export_merged and primary:
-    artifacts.export_merged(os.path.join(p.workdir, "merged.npz"), p.model, final_params)
+    family = model_family(p.config.model.name)
+    artifacts.export_merged(os.path.join(p.workdir, artifacts.merged_filename(family)),
+                            p.model, final_params)
   steps = int(state["step"])
   results = summarize(p.config, p.task, history, p.method.info, base=p.base,
                       trainable=p.counts, wall=clock.elapsed(), train_time=clock.train_time(),
@@ -506,9 +512,28 @@ def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
   results["fingerprint"] = p.fingerprint
   if primary:
     write_json(os.path.join(p.workdir, RESULTS_FILE), results)
-  log(f"[heat_jax] {p.task.name} / {p.config.method.name}: test top-1 "
+  log(f"{p.task.name} / {p.config.method.name}: test top-1 "
       f"{results['test_top1']:.4f} (best epoch {results['best_test_top1']:.4f})")
   return results
+
+
+def preprocess_info(config: ml_collections.ConfigDict, task: Task) -> dict[str, Any]:
+  """How images were prepared for the model (what `heat_jax.predict` repeats)."""
+  return {"image_size": int(config.model.image_size),
+          "value_range": task.info.get("value_range"),
+          "resize_method": task.info.get("resize_method")}
+
+
+def adapter_info(p: Prepared) -> dict[str, Any]:
+  """The method, its options and state, the task and preprocessing, for the adapter files."""
+  blocks = type(p.method).default_config()
+  return {"method": p.config.method.name,
+          "method_config": {b: p.config[b].to_dict() for b in blocks},
+          "method_state": p.method.resume_state(),   # e.g. HEAT's head selection
+          "task": {"name": p.task.name, "num_classes": p.task.num_classes,
+                   "source": p.task.info.get("source")},
+          "class_names": p.task.class_names(),
+          "preprocess": preprocess_info(p.config, p.task)}
 
 
 def summarize(config, task, history: list[dict], method_info: dict, *, base: dict,
@@ -533,6 +558,7 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
       "images_per_s": round(images / train_time, 2) if train_time > 0 else None,
       "value_range": task.info.get("value_range"),
       "resize_method": task.info.get("resize_method"),
+      "preprocess": preprocess_info(config, task), "class_names": task.class_names(),
       "method_info": method_info, "history": history,
       "config": config.to_dict(),
   }
@@ -545,9 +571,22 @@ def _quiet(*_: Any) -> None:
   """The log of non-primary processes (process 0 reports for all)."""
 
 
+def summary_line(results: dict[str, Any]) -> str:
+  """The one line a finished run prints on stdout (run.py)."""
+  return (f"{results['task']} / {results['method']}: test top-1 {results['test_top1']:.4f} "
+          f"(best epoch {results['best_test_top1']:.4f}), trainable parameters "
+          f"{results['trainable_params']:,}")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *,
-        log: Log = print) -> dict[str, Any]:
-  """Trains and evaluates one configuration; returns the results dict."""
+        quiet: bool = False) -> dict[str, Any]:
+  """Trains and evaluates one configuration; returns the results dict.
+
+  Progress goes to absl.logging at INFO (`quiet`: at DEBUG, shown by --verbosity=1)
+  and to a progress bar on stderr (`config.train.progress`); nothing to stdout.
+  """
+  logs.setup()
+  log: Log = logging.debug if quiet else logging.info
   config = copy.deepcopy(config)  # nothing below may change the caller's config
   if not distributed.is_primary():
     log = _quiet
@@ -556,7 +595,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   fingerprint = config_fingerprint(config)
   done = finished_results(config, workdir, fingerprint)
   if done is not None:
-    log(f"[heat_jax] {workdir} already holds the finished run of this config: test top-1 "
+    log(f"{workdir} already holds the finished run of this config: test top-1 "
         f"{done['test_top1']:.4f}")
     return done
   undo = workdir_lib.Undo(workdir)

@@ -20,10 +20,12 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
-from heat_jax import experiment
+from heat_jax import artifacts, experiment, logs
 from heat_jax.errors import ConfigError
-from heat_jax.io_utils import cache_dir, write_json, write_text
+from heat_jax.io_utils import as_path, cache_dir, remove_tree, write_json, write_text
+from heat_jax.models import model_family
 
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
           "NOT a VTAB result")
@@ -41,24 +43,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def pretrained_backbone(config: ml_collections.ConfigDict, log=print) -> str:
+def pretrained_backbone(config: ml_collections.ConfigDict) -> str:
   """Path of the demo backbone, pretraining it (once, cached) if needed."""
   p = config.pretrain
   model = config.base.model
   spec = json.dumps({"model": model.name, "image_size": model.image_size, **p.to_dict()},
                     sort_keys=True)
   key = hashlib.sha256(spec.encode()).hexdigest()[:12]
-  path = cache_dir("demo") / f"backbone-{model.name}-{key}.npz"
+  merged = artifacts.merged_filename(model_family(model.name))   # merged.npz for a ViT
+  path = cache_dir("demo") / f"backbone-{model.name}-{key}{os.path.splitext(merged)[1]}"
   info_path = path.with_suffix(".json")
   if path.exists():
     note = ""
     if info_path.exists():
       top1 = json.loads(info_path.read_text())["test_top1"]
       note = f" (held-out pretraining accuracy {top1:.3f})"
-    log(f"[study] using cached pretrained backbone {path}{note}")
+    logging.info(f"using cached pretrained backbone {path}{note}")
     return str(path)
   check_pretrain(p)
-  log(f"[study] pretraining the demo backbone ({p.steps} steps, once; cached at {path})")
+  logging.info(f"pretraining the demo backbone ({p.steps} steps, once; cached at {path})")
   pre = copy.deepcopy(config.base)
   pre.method.name = "full"
   pre.model.pretrained = ""
@@ -83,11 +86,11 @@ def pretrained_backbone(config: ml_collections.ConfigDict, log=print) -> str:
   pre.optim.weight_decay = p.weight_decay
   workdir = str(cache_dir("demo") / f"pretrain-{key}")
   shutil.rmtree(workdir, ignore_errors=True)   # leftovers of an interrupted pretraining
-  results = experiment.run(pre, workdir, log=log)
-  log(f"[study] pretraining accuracy on held-out mixture: {results['test_top1']:.3f}")
+  results = experiment.run(pre, workdir)
+  logging.info(f"pretraining accuracy on held-out mixture: {results['test_top1']:.3f}")
   write_json(info_path, {"test_top1": results["test_top1"], "steps": results["steps"],
                          "wall_time_s": results["wall_time_s"], "pretrain": p.to_dict()})
-  os.replace(os.path.join(workdir, "merged.npz"), path)
+  os.replace(os.path.join(workdir, merged), path)
   shutil.rmtree(workdir, ignore_errors=True)
   return str(path)
 
@@ -174,7 +177,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   return tasks, variants
 
 
-def enable_compilation_cache(log=print) -> None:
+def enable_compilation_cache() -> None:
   """Persists XLA executables under `$HEAT_JAX_CACHE/demo/xla` (unless one is set).
 
   The study's runs are small, so compiling dominates: every run builds fresh jitted
@@ -187,36 +190,41 @@ def enable_compilation_cache(log=print) -> None:
   path = cache_dir("demo", "xla")
   jax.config.update("jax_compilation_cache_dir", str(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  log(f"[study] XLA compilation cache: {path}")
+  logging.info(f"XLA compilation cache: {path}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
-  """Runs every (task, variant, seed) and writes results.json / results.md."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs every (task, variant, seed), writes results.json / results.md, prints the table.
+
+  The table (results.md) is the study's output: it goes to stdout. Progress goes to
+  absl.logging (stderr); each run's own messages are DEBUG (`--verbosity=1`).
+  """
+  logs.setup()
   start = time.time()
   s = config.study
   tasks, variants = validate(config)   # before any directory, pretraining or run
-  log(f"[study] {HEADER}: {config.base.model.name}, tasks {', '.join(tasks)}; "
+  logging.info(f"{HEADER}: {config.base.model.name}, tasks {', '.join(tasks)}; "
       f"{len(variants)} variants x {s.seeds} seed(s)")
-  os.makedirs(workdir, exist_ok=True)
+  as_path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
   if s.get("compilation_cache", True):
-    enable_compilation_cache(log=log)
-  backbone = pretrained_backbone(config, log=log)
+    enable_compilation_cache()
+  backbone = pretrained_backbone(config)
   rows = []
   for task in tasks:
     for seed in range(s.seeds):
       for variant in variants:
         c = variant_config(config, task, variant, seed, backbone)
         run_dir = os.path.join(workdir, task, variant, f"seed{seed}")
-        shutil.rmtree(run_dir, ignore_errors=True)   # a study always runs afresh
+        remove_tree(run_dir)   # a study always runs afresh
         tic = time.time()
-        r = experiment.run(c, run_dir, log=lambda *_: None)
+        r = experiment.run(c, run_dir, quiet=True)
         rows.append({"task": task, "variant": variant, "seed": seed,
                      "test_top1": r["test_top1"], "best_test_top1": r["best_test_top1"],
                      "heads_selected": r["method_info"].get("heads_selected"),
                      "trainable_params": r["trainable_params"],
                      "trainable_params_no_head": r["trainable_params_no_head"],
                      "seconds": round(time.time() - tic, 2)})
-        log(f"[study] {task:<20} {variant:<12} seed {seed}: test top-1 "
+        logging.info(f"{task:<20} {variant:<12} seed {seed}: test top-1 "
             f"{r['test_top1']:.3f}  ({rows[-1]['seconds']:.1f}s)")
   table = format_table(rows, tasks, variants)
   b = config.base
@@ -230,8 +238,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
   write_json(os.path.join(workdir, "results.json"), rows)
   write_text(os.path.join(workdir, "results.md"), header + table + "\n" + footer.lstrip("\n")
              + ("\n" if footer else ""))
-  log("\n" + header + table + ("\n" + footer if footer else ""))
-  log(f"\n[study] total {time.time() - start:.0f}s; results in {workdir}")
+  print("\n" + header + table + ("\n" + footer if footer else ""), flush=True)
+  logging.info(f"total {time.time() - start:.0f}s; results in {workdir}")
   return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -40,24 +41,26 @@ def test_demo_config_builds():
 def test_unknown_variant_fails_before_any_work(tmp_path):
   c = demo.get_config("variants=heat+nonsense")
   with pytest.raises(ConfigError, match="nonsense"):
-    study.run(c, str(tmp_path / "wd"), log=lambda *_: None)
+    study.run(c, str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
 
 
-def test_tiny_study_end_to_end(tmp_path, monkeypatch):
+def test_tiny_study_end_to_end(tmp_path, monkeypatch, caplog, capsys):
   monkeypatch.setenv("HEAT_JAX_CACHE", str(tmp_path / "cache"))
   config = demo.get_config(TINY)
   config.study.compilation_cache = False   # keep the test process's jax config as is
   workdir = tmp_path / "wd"
-  lines: list[str] = []
-  rows = study.run(config, str(workdir), log=lambda *a: lines.append(" ".join(map(str, a))))
-  out = "\n".join(lines)
-  assert "pretraining the demo backbone" in out and "NOT a VTAB result" in out
+  caplog.set_level(logging.INFO, logger="absl")
+  rows = study.run(config, str(workdir))
+  assert "pretraining the demo backbone" in caplog.text and "NOT a VTAB result" in caplog.text
+  printed = capsys.readouterr().out   # the table, on stdout
 
   assert [r["variant"] for r in rows] == ALL_VARIANTS
   assert all(0.0 <= r["test_top1"] <= 1.0 for r in rows)
   table = (workdir / "results.md").read_text()
   assert "NOT a VTAB result" in table
+  rows_md = [line for line in table.splitlines() if line.startswith("|")]
+  assert len(rows_md) == 2 + len(ALL_VARIANTS) and all(line in printed for line in rows_md)
   for variant in ALL_VARIANTS:
     assert f"| {variant} |" in table
   assert json.loads((workdir / "results.json").read_text()) == rows
@@ -82,9 +85,9 @@ def test_tiny_study_end_to_end(tmp_path, monkeypatch):
   # workdir that holds runs of another config.
   again = demo.get_config(TINY.replace("epochs=1", "epochs=2") + ",variants=heat")
   again.study.compilation_cache = False
-  lines.clear()
-  rows2 = study.run(again, str(workdir), log=lambda *a: lines.append(" ".join(map(str, a))))
-  assert "using cached pretrained backbone" in "\n".join(lines)
+  caplog.clear()
+  rows2 = study.run(again, str(workdir))
+  assert "using cached pretrained backbone" in caplog.text
   assert [r["variant"] for r in rows2] == ["heat"]
   result = json.loads((workdir / "texture" / "heat" / "seed0" / "results.json").read_text())
   assert result["config"]["train"]["epochs"] == 2

@@ -38,7 +38,7 @@ def test_heat_run_ranks_heads_by_nonzero_scores(tiny_config, tmp_path):
   params = checkpoints.init_params(model, rng=jax.random.key(c.seed))
   zero = compute_tis(model, params, task.train.batches(16, pad=True), num_batches=2)
   assert not np.any(zero)                                 # the failure mode
-  results = experiment.run(c, str(tmp_path), log=lambda *_: None)
+  results = experiment.run(c, str(tmp_path), quiet=True)
   assert results["method_info"]["tis_classifier"].startswith("random")
   scores = np.load(tmp_path / "importance.npy")
   heads = np.load(tmp_path / "heads.npy")

@@ -3,6 +3,7 @@ resume, the adapter, option checks and the config / sweep / study integration.""
 
 import functools
 import json
+import logging
 from collections import Counter
 
 import jax
@@ -237,7 +238,7 @@ def straight(tmp_path_factory):
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(artifacts, "export_adapter", spy)
-    results = experiment.run(c, str(workdir), log=lambda *_: None)
+    results = experiment.run(c, str(workdir), quiet=True)
   return c, workdir, results, seen
 
 
@@ -296,7 +297,7 @@ def test_frozen_set_adapter_and_load_adapter(straight):
   np.testing.assert_array_equal(got, predict(seen["params"], seen["state"], images)[0])
 
 
-def test_resume_restores_batch_stats_bit_identically(straight, tmp_path, monkeypatch):
+def test_resume_restores_batch_stats_bit_identically(straight, tmp_path, monkeypatch, caplog):
   c, workdir, results, _ = straight
   calls = {"n": 0}
   original = Trainer.train_step
@@ -309,11 +310,11 @@ def test_resume_restores_batch_stats_bit_identically(straight, tmp_path, monkeyp
 
   monkeypatch.setattr(Trainer, "train_step", crashing)
   with pytest.raises(KeyboardInterrupt):
-    experiment.run(c, str(tmp_path), log=lambda *_: None)
+    experiment.run(c, str(tmp_path), quiet=True)
   monkeypatch.setattr(Trainer, "train_step", original)
-  messages = []
-  resumed = experiment.run(c, str(tmp_path), log=messages.append)
-  assert any("resumed from step 10" in m for m in messages)
+  caplog.set_level(logging.INFO, logger="absl")
+  resumed = experiment.run(c, str(tmp_path))
+  assert "resumed from step 10" in caplog.text
   assert resumed["test_top1"] == results["test_top1"]
   a = np.load(workdir / "adapter.npz", allow_pickle=False)
   b = np.load(tmp_path / "adapter.npz", allow_pickle=False)
@@ -327,7 +328,7 @@ def test_smoke_config_runs(tmp_path):
   from configs import smoke
   c = smoke.get_config("method=hst")
   c.train.progress = False
-  results = experiment.run(c, str(tmp_path), log=lambda *_: None)
+  results = experiment.run(c, str(tmp_path), quiet=True)
   assert results["method"] == "hst" and np.isfinite(results["test_top1"])
   assert (tmp_path / "adapter.npz").exists()
 
@@ -389,7 +390,7 @@ def test_bad_options_fail_with_one_line_before_any_work(tiny_config, tmp_path, o
   c.method.name = "hst"
   c.update_from_flattened_dict(overrides)
   with pytest.raises(ConfigError, match=match) as info:
-    experiment.run(c, str(tmp_path / "w"), log=lambda *_: None)
+    experiment.run(c, str(tmp_path / "w"), quiet=True)
   assert "\n" not in str(info.value)
   assert not (tmp_path / "w").exists()
 
@@ -406,7 +407,7 @@ def test_vtab_config_builds_and_fails_fast_offline(tmp_path):
   empty.mkdir()
   c.data.data_dir = str(empty)
   with pytest.raises(UserError) as info:
-    experiment.run(c, str(tmp_path / "w"), log=lambda *_: None)
+    experiment.run(c, str(tmp_path / "w"), quiet=True)
   assert "\n" not in info.value.one_line() and "dtd" in info.value.one_line()
 
 

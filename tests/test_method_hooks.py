@@ -8,6 +8,7 @@ the running statistics, checkpoints restore it, and the adapter exports it.
 
 import dataclasses
 import json
+import logging
 
 import flax.linen as nn
 import jax
@@ -78,7 +79,7 @@ def _adapter(workdir):
 
 
 def test_toy_method_trains_evaluates_with_running_stats_and_exports(toy_config, tmp_path):
-  results = experiment.run(toy_config, str(tmp_path), log=lambda *_: None)
+  results = experiment.run(toy_config, str(tmp_path), quiet=True)
   meta = json.loads((tmp_path / "adapter.json").read_text())
   arrays = _adapter(tmp_path)
 
@@ -87,7 +88,7 @@ def test_toy_method_trains_evaluates_with_running_stats_and_exports(toy_config, 
   assert state_keys == [f"{artifacts.STATE_PREFIX}batch_stats/toy_bn/{s}"
                         for s in ("mean", "var")]
   assert meta["num_state_scalars"] == 2 * SIDE
-  d, heads, layers, classes = 32, 2, 2, 4
+  d, layers, classes = 32, 2, 4
   delta = layers * (d * d + d)
   side = d * SIDE + SIDE + SIDE * classes + classes
   assert results["trainable_params"] == meta["num_scalars"] == delta + side
@@ -116,8 +117,8 @@ def test_toy_method_trains_evaluates_with_running_stats_and_exports(toy_config, 
   assert np.abs(np.asarray(other) - np.asarray(logits)).max() > 1e-3
 
 
-def test_toy_method_resume_restores_batch_stats(toy_config, tmp_path, monkeypatch):
-  experiment.run(toy_config, str(tmp_path / "a"), log=lambda *_: None)
+def test_toy_method_resume_restores_batch_stats(toy_config, tmp_path, monkeypatch, caplog):
+  experiment.run(toy_config, str(tmp_path / "a"), quiet=True)
 
   calls = {"n": 0}
   original = Trainer.train_step
@@ -130,11 +131,11 @@ def test_toy_method_resume_restores_batch_stats(toy_config, tmp_path, monkeypatc
 
   monkeypatch.setattr(Trainer, "train_step", crashing)
   with pytest.raises(KeyboardInterrupt):
-    experiment.run(toy_config, str(tmp_path / "b"), log=lambda *_: None)
+    experiment.run(toy_config, str(tmp_path / "b"), quiet=True)
   monkeypatch.setattr(Trainer, "train_step", original)
-  messages = []
-  experiment.run(toy_config, str(tmp_path / "b"), log=messages.append)
-  assert any("resumed from step 3" in m for m in messages), messages
+  caplog.set_level(logging.INFO, logger="absl")
+  experiment.run(toy_config, str(tmp_path / "b"))
+  assert "resumed from step 3" in caplog.text
 
   straight, resumed = _adapter(tmp_path / "a"), _adapter(tmp_path / "b")
   assert sorted(straight) == sorted(resumed)

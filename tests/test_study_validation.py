@@ -25,7 +25,7 @@ def fails_fast(config, tmp_path, match):
   workdir = tmp_path / "wd"
   start = time.time()
   with pytest.raises(ConfigError, match=match) as info:
-    study.run(config, str(workdir), log=lambda *_: None)
+    study.run(config, str(workdir))
   assert time.time() - start < 10
   assert "\n" not in str(info.value)
   assert not workdir.exists() and not (tmp_path / "cache").exists()

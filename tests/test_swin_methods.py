@@ -80,7 +80,7 @@ def test_swin_methods_train(swin_config, tmp_path, method, tune):
   c.train.epochs = 6
   c.optim.lr = 1e-2
   c.train.eval_every_epochs = 6
-  results = experiment.run(c, str(tmp_path), log=lambda *_: None)
+  results = experiment.run(c, str(tmp_path), quiet=True)
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   loss = [l["train/loss"] for l in lines if "train/loss" in l]
   assert np.mean(loss[-2:]) < 0.85 * np.mean(loss[:2]), loss
@@ -95,4 +95,4 @@ def test_vpt_is_rejected_on_swin(swin_config, tmp_path):
   from heat_jax.errors import ConfigError
   swin_config.method.name = "vpt"
   with pytest.raises(ConfigError, match="Swin"):
-    experiment.run(swin_config, str(tmp_path), log=lambda *_: None)
+    experiment.run(swin_config, str(tmp_path), quiet=True)

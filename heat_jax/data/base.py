@@ -120,7 +120,11 @@ class ArraySplit:
 
 @dataclasses.dataclass
 class Task:
-  """A classification task: train / optional val / test splits and metadata."""
+  """A classification task: train / optional val / test splits and metadata.
+
+  `info['class_names']`, when a source knows them (class folders, TFDS ClassLabel
+  names, synthetic tasks), names label i; `class_names()` falls back to indices.
+  """
 
   name: str
   num_classes: int
@@ -128,3 +132,10 @@ class Task:
   test: Split
   val: Optional[Split] = None
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def class_names(self) -> list[str]:
+    """Label i's name: the source's names when it has one per class, else str(i)."""
+    names = self.info.get("class_names")
+    if names is not None and len(names) == self.num_classes:
+      return [str(n) for n in names]
+    return [str(i) for i in range(self.num_classes)]

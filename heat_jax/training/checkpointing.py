@@ -19,12 +19,15 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from heat_jax.io_utils import is_remote
+
 
 class TrainCheckpointer:
   """Periodic saves and restore-latest for one workdir."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):
-    self.directory = os.path.abspath(directory)
+    # orbax takes bucket paths (gs://) as they are; abspath would mangle them.
+    self.directory = os.fspath(directory) if is_remote(directory) else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
