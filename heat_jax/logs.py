@@ -23,19 +23,22 @@ import os
 
 from absl import flags, logging
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Libraries whose INFO lines are hidden at the default verbosity (the user's own and
+# heat_jax's lines always show).
+CHATTY = ("orbax", "tensorflow_datasets", "etils", "jax", "jaxlib", "flax", "absl")
 
 
-class _OwnInfoOnly(std_logging.Filter):
-  """Drops other libraries' INFO records unless absl's verbosity is DEBUG or more."""
+class _HideChatty(std_logging.Filter):
+  """Drops INFO records of CHATTY packages unless absl's verbosity is DEBUG or more."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if record.levelno >= std_logging.WARNING or logging.get_verbosity() >= logging.DEBUG:
       return True
-    return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+    path = os.path.abspath(record.pathname)
+    return not any(f"{os.sep}{name}{os.sep}" in path for name in CHATTY)
 
 
-_FILTER = _OwnInfoOnly()
+_FILTER = _HideChatty()
 
 
 def setup() -> None:

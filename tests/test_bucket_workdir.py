@@ -125,6 +125,7 @@ def test_finished_results_and_clearing_on_a_bucket(bucket, tiny_config):
   root, _ = bucket
   write_json("gs://b/run/results.json", {"fingerprint": "abc", "test_top1": 0.5})
   write_json("gs://b/run/adapter.json", {})
+  write_json("gs://b/run/adapter.npz", {})   # present: the run's artifacts are complete
   assert experiment.finished_results(tiny_config, "gs://b/run", "abc")["test_top1"] == 0.5
   experiment.clear_run_files("gs://b/run")
   assert not (root / "b/run/results.json").exists()
