@@ -240,6 +240,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
   ctx = MethodContext(config=config, model=model, params=params, task=task, workdir=workdir,
                       model_state=model_state)
   mask = method.trainable_mask(ctx)
+  params = method.initial_params(ctx)
   model, spec = build_model(config, num_classes, method.trained_extensions())
   counts = (partition.count(params, mask),
             partition.count(params, mask, exclude=partition.is_head),
