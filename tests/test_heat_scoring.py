@@ -67,6 +67,7 @@ def test_heat_scores_through_the_probe_and_starts_from_it(tiny_config, tmp_path)
   c = tiny_config
   c.method.name = "heat"
   c.importance.probe_l2 = 1e-2
+  c.importance.keep_probe = True
   task = build_task(c.data, model_family="vit", image_size=32)
   model, params = _zero_head_params(c.seed)
   method = get_method(c)
@@ -103,6 +104,7 @@ def test_heat_run_records_the_classifier_and_resumes_it(tiny_config, tmp_path, m
   c.method.name = "heat"
   c.train.epochs = 2
   c.train.checkpoint_every_steps = 3
+  c.importance.keep_probe = True      # the probe-initialised head must survive a resume
   straight = experiment.run(c, str(tmp_path / "a"), log=lambda *_: None)
   info = straight["method_info"]
   assert info["tis_classifier"] == "probe" and info["probe_kept"] is True

@@ -24,7 +24,6 @@ correctly; a ridge head is also a poor starting point for cross-entropy training
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any, Iterable, Mapping, Optional
 
@@ -101,16 +100,19 @@ def head_features(model: nn.Module, params: Mapping[str, Any],
   return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
 
 
-def _objective(w: jax.Array, x: jax.Array, onehot: jax.Array, l2: jax.Array) -> jax.Array:
-  """Mean cross-entropy + l2 / 2 * ||kernel||^2; w = kernel [d, C] and bias [C], flat."""
-  d, c = x.shape[1], onehot.shape[1]
+def _objective(w: np.ndarray, z: np.ndarray, onehot: np.ndarray,
+               l2: float) -> tuple[float, np.ndarray]:
+  """(mean CE + l2 / 2 * ||kernel||^2, its gradient); w = kernel [d, C] and bias [C], flat."""
+  n, d = z.shape
+  c = onehot.shape[1]
   kernel, bias = w[:d * c].reshape(d, c), w[d * c:]
-  logits = x @ kernel + bias
-  ce = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
-  return ce + 0.5 * l2 * jnp.sum(jnp.square(kernel))
-
-
-_value_and_grad = jax.jit(jax.value_and_grad(_objective))
+  logits = z @ kernel + bias
+  logits -= logits.max(axis=1, keepdims=True)
+  logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+  value = -np.sum(onehot * logp) / n + 0.5 * l2 * np.sum(kernel ** 2)
+  residual = (np.exp(logp) - onehot) / n
+  grad = np.concatenate([(z.T @ residual + l2 * kernel).ravel(), residual.sum(axis=0)])
+  return float(value), grad
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
@@ -123,8 +125,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
       the MEAN cross-entropy: sklearn's `LogisticRegression(C=1 / (l2 * n))` after a
       `StandardScaler`; keeps the probe from fitting the training data exactly, which
       would leave no gradient to score heads with.
-    max_steps / tol: L-BFGS iterations, stopped once every gradient entry is <= tol
-      (or when float32 rounding stops the line search, equally close to the optimum).
+    max_steps / tol: L-BFGS iterations, stopped once every gradient entry is <= tol.
   """
   x = np.asarray(features, np.float32)
   y = np.asarray(labels)
@@ -135,32 +136,43 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
   start = time.time()
   # Standardised features: the same optimum up to the penalty's scale, in far fewer
   # L-BFGS iterations (LayerNorm's learned scales leave the raw features ill-conditioned).
-  mean, std = x.mean(axis=0), x.std(axis=0)
-  std = np.where(std > 1e-6 * max(float(std.max()), 1e-30), std, 1.0).astype(np.float32)
+  x64 = x.astype(np.float64)
+  mean, std = x64.mean(axis=0), x64.std(axis=0)
+  std = np.where(std > 1e-6 * max(float(std.max()), 1e-30), std, 1.0)
   d, c = x.shape[1], num_classes
-  args = (jnp.asarray((x - mean) / std), jax.nn.one_hot(y, c, dtype=jnp.float32),
-          jnp.float32(l2))
-
-  def value_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
-    value, grad = _value_and_grad(jnp.asarray(w, jnp.float32), *args)
-    return float(value), np.asarray(grad, np.float64)
-
-  # scipy's L-BFGS drives one small jitted function (compiles in well under a second;
-  # an optax L-BFGS inside a jitted while loop took 5-7 s to compile on 2 cores).
-  result = scipy.optimize.minimize(value_and_grad, np.zeros(d * c + c), jac=True,
-                                   method="L-BFGS-B",
+  z = (x64 - mean) / std
+  onehot = np.eye(c)[y]
+  # float64 numpy: no compilation, no per-call dispatch (which dominated a jitted
+  # objective on a busy CPU), and a line search free of float32 rounding.
+  result = scipy.optimize.minimize(_objective, np.zeros(d * c + c), args=(z, onehot, l2),
+                                   jac=True, method="L-BFGS-B",
                                    options={"maxiter": int(max_steps), "gtol": float(tol)})
   w_std, b_std = result.x[:d * c].reshape(d, c), result.x[d * c:]
   kernel = (w_std / std[:, None]).astype(np.float32)     # folded back: raw features in
   bias = (b_std - (mean / std) @ w_std).astype(np.float32)
   steps = result.nit
   seconds = time.time() - start
-  logits = x @ kernel + bias
+  logits = x64 @ kernel + bias
   logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
   return Probe(kernel=kernel, bias=bias,
                train_accuracy=float(np.mean(logits.argmax(1) == y)),
                train_loss=float(-np.mean(logp[np.arange(len(y)), y])), num_examples=len(y),
                iterations=int(steps), seconds=seconds)
+
+
+def fit_head_probe(model: nn.Module, params: Mapping[str, Any],
+                   batches: Iterable[Mapping[str, Any]], *, l2: float = 1e-3,
+                   model_state: Optional[Mapping[str, Any]] = None) -> Probe:
+  """`fit_probe` on `head_features` of `batches` (one pass), sized for the model's head."""
+  tic = time.time()
+  features, labels = head_features(model, params, batches, model_state=model_state)
+  feature_seconds = time.time() - tic
+  head = params.get("head")
+  if head is None or "kernel" not in head:
+    raise ValueError("the parameters have no 'head' Dense classifier to fit a probe for")
+  probe = fit_probe(features, labels, int(np.shape(head["kernel"])[-1]), l2=l2)
+  probe.feature_seconds = feature_seconds
+  return probe
 
 
 def with_probe(params: Mapping[str, Any], probe: Probe) -> dict[str, Any]:
