@@ -53,6 +53,21 @@ def test_model_classifier_refuses_a_zero_head():
     scoring_params(model, params, [], classifier="lstsq")
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("heat.budget", 5, "config.heat.budget=5 exceeds the 4 heads"),
+    ("heat.scope", "stage", "heat.scope"), ("heat.select", "worst", "heat.select"),
+    ("importance.strategy", "taylor", "strategy"), ("importance.normalize", "l2", "normalize"),
+    ("importance.classifier", "ridge", "importance.classifier"),
+    ("importance.probe_l2", -1.0, "probe_l2")])
+def test_bad_heat_options_fail_validation(tiny_config, field, value, match):
+  c = tiny_config
+  c.method.name = "heat"
+  experiment.validate(c)
+  c.update_from_flattened_dict({field: value})
+  with pytest.raises(ConfigError, match=match):
+    experiment.validate(c)
+
+
 def _sklearn_probe(x, y, classes, l2):
   """Independent probe: sklearn logistic regression on standardised features."""
   scaler = StandardScaler().fit(x)

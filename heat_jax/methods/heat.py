@@ -163,7 +163,31 @@ class Heat(Method):
                         f"{CLASSIFIERS}")
     if not imp.probe_l2 >= 0:
       raise ConfigError(f"config.importance.probe_l2 must be >= 0, got {imp.probe_l2}")
+    if imp.batch_size < 1 or imp.num_batches < 0:
+      raise ConfigError(f"config.importance.batch_size must be >= 1 and num_batches >= 0 "
+                        f"(0 = all), got {imp.batch_size} and {imp.num_batches}")
+    self._validate_selection()
     super().validate()
+
+  def _validate_selection(self) -> None:
+    """Strategy, normalisation, scope, order and budget, before any data or weights."""
+    from heat_jax import importance
+    from heat_jax.models import create_model
+    imp, h = self.config.importance, self.config.heat
+    importance.check_strategy(imp.strategy)
+    importance.check_normalize(imp.normalize)
+    for field, value, allowed in (("scope", h.scope, importance.SCOPES),
+                                  ("select", h.select, importance.SELECTS)):
+      if value not in allowed:
+        raise ConfigError(f"config.heat.{field}={value!r} is not one of {allowed}")
+    layout = head_layout(create_model(self.config.model.name, 2))
+    units = ([layout.total_heads] if h.scope == "global" else list(layout.heads_per_layer))
+    try:
+      for n in units:
+        importance.heads_to_keep(n, h.budget, h.deactivate,
+                                 where=f"{self.config.model.name} ({h.scope} scope)")
+    except ConfigError as e:
+      raise ConfigError(f"config.heat.{e.one_line()}") from None
 
   def extensions(self) -> tuple[Extension, ...]:
     if self.config.heat.tune == "lora":
@@ -231,7 +255,8 @@ class Heat(Method):
                      heads_selected=int(selected.sum()), heads_total=layout.total_heads)
     if ctx.workdir:
       meta = {"strategy": imp.strategy, "normalize": imp.normalize,
-              "classifier": imp.classifier, "scope": h.scope,
+              "classifier": imp.classifier, "keep_probe": bool(imp.keep_probe),
+              "probe_l2": imp.probe_l2, "scope": h.scope,
               "budget": h.budget, "deactivate": h.deactivate, "select": h.select,
               "select_seed": h.select_seed, "num_batches": imp.num_batches}
       importance.save_importance(ctx.workdir, scores, selected, layout=layout, meta=meta)
