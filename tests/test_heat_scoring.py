@@ -113,6 +113,15 @@ def test_heat_scores_through_the_probe_and_starts_from_it(tiny_config, tmp_path)
   assert other.initial_params(ctx2) is params            # training starts from zeros
   assert other.info["tis_classifier"] == "probe" and "probe_kept" not in other.info
 
+  c3 = copy.deepcopy(c)                                   # scored through a random head,
+  c3.importance.classifier = "random"                     # trained from the probe
+  third = get_method(c3)
+  ctx3 = MethodContext(config=c3, model=model, params=params, task=task)
+  third.trainable_mask(ctx3)
+  np.testing.assert_array_equal(third.initial_params(ctx3)["head"]["kernel"],
+                                start["head"]["kernel"])
+  assert third.info["tis_classifier"] == "random" and third.info["probe_kept"] is True
+
 
 def test_heat_run_records_the_classifier_and_resumes_it(tiny_config, tmp_path, monkeypatch):
   c = tiny_config

@@ -211,21 +211,10 @@ class Heat(Method):
       self.info.update(state.get("scoring", {}))
       self.info["selection_restored"] = True
 
+  def _scoring_params(self, ctx: MethodContext) -> dict:
+    """Parameters with the scoring classifier; fits the probe where one is needed."""
+    imp = self.config.importance
 
-
-  def select(self, ctx: MethodContext) -> np.ndarray:
-    """Computes TIS on the training data and selects heads (saved to the workdir)."""
-    from heat_jax import importance  # the scoring stack is only needed here
-    layout = head_layout(ctx.model)
-    if self.selected is not None:
-      if self.selected.shape != layout.shape:
-        raise ConfigError(f"the checkpoint's head selection has shape "
-                          f"{self.selected.shape}, the model {layout.shape}")
-      return self.selected
-    if ctx.task is None:
-      raise ConfigError("heat needs training data to score heads")
-    imp, h = self.config.importance, self.config.heat
-    start = time.time()
     def train_batches():
       return ctx.task.train.batches(imp.batch_size, shuffle=False, pad=True)
 
@@ -239,6 +228,22 @@ class Heat(Method):
                                             model_state=ctx.model_state)
     if self.probe is not None:
       self.info.update({f"probe_{k}": v for k, v in self.probe.info().items()})
+    return params
+
+  def select(self, ctx: MethodContext) -> np.ndarray:
+    """Computes TIS on the training data and selects heads (saved to the workdir)."""
+    from heat_jax import importance  # the scoring stack is only needed here
+    layout = head_layout(ctx.model)
+    if self.selected is not None:
+      if self.selected.shape != layout.shape:
+        raise ConfigError(f"the checkpoint's head selection has shape "
+                          f"{self.selected.shape}, the model {layout.shape}")
+      return self.selected
+    if ctx.task is None:
+      raise ConfigError("heat needs training data to score heads")
+    imp, h = self.config.importance, self.config.heat
+    start = time.time()   # tis_seconds: the probe (if any) and the scoring pass
+    params = self._scoring_params(ctx)
     batches = ctx.task.train.batches(imp.batch_size, shuffle=False, pad=True)
     scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
                                     num_batches=imp.num_batches or None,
