@@ -335,6 +335,7 @@ def _resume_point(config: ml_collections.ConfigDict, workdir: str, method: Metho
   ctx = MethodContext(config=config, model=model, params=params, task=task, workdir=workdir,
                       model_state=model_state)
   mask = method.trainable_mask(ctx)
+  params = method.initial_params(ctx)
   model, spec = build_model(config, num_classes, method.trained_extensions())
   counts = (partition.count(params, mask),
             partition.count(params, mask, exclude=partition.is_head),

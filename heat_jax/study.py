@@ -3,9 +3,10 @@
 Used by the offline demo (`configs/demo.py`): the backbone is pretrained once on the
 synthetic pre-training mixture (cached under `$HEAT_JAX_CACHE/demo`), then every
 variant is one `experiment.run` in `workdir/<task>/<variant>/seed<k>`, started afresh
-(the directory is cleared first). Seed k sets the run seed and the random head set of
-`heat_random`. Compiled XLA programs are cached under `$HEAT_JAX_CACHE/demo/xla`
-(`config.study.compilation_cache`), since compiling dominates runs this small.
+(the directory is cleared first). Seed k sets the run seed, the random head set of
+`heat_random` and the random scoring classifier of `heat_rnd_cls*`. Compiled XLA
+programs are cached under `$HEAT_JAX_CACHE/demo/xla` (`config.study.compilation_cache`),
+since compiling dominates runs this small.
 """
 
 from __future__ import annotations
@@ -30,17 +31,38 @@ from heat_jax.models import model_family
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
           "NOT a VTAB result")
 
-# Variant label -> config overrides ("section.field": value).
+# Variant label -> config overrides ("section.field": value). The HEAT variants differ
+# in the heads only (same budget, same start: the classifier training starts from is
+# `importance.keep_probe`'s, whatever classifier scored the heads):
+#   heat / heat_bottom            top / bottom heads scored through the linear probe
+#   heat_rnd_cls / ..._bottom     top / bottom heads scored through a random classifier
+#   heat_random                   random heads (no scores)
+#   heat_probe_init               heat, but training starts from the probe (keep_probe)
 VARIANTS: dict[str, dict[str, Any]] = {
     "heat": {"method.name": "heat", "heat.select": "top"},
     "heat_random": {"method.name": "heat", "heat.select": "random"},
     "heat_bottom": {"method.name": "heat", "heat.select": "bottom"},
+    "heat_rnd_cls": {"method.name": "heat", "heat.select": "top",
+                     "importance.classifier": "random"},
+    "heat_rnd_cls_bottom": {"method.name": "heat", "heat.select": "bottom",
+                            "importance.classifier": "random"},
+    "heat_probe_init": {"method.name": "heat", "heat.select": "top",
+                        "importance.keep_probe": True},
     "lora": {"method.name": "lora"},
     "linear": {"method.name": "linear"},
     "full": {"method.name": "full"},
     # Not in the default list; ask with variants=...+hst (its side network dwarfs ViT-demo).
     "hst": {"method.name": "hst"},
 }
+# (variant, control, what the pair shows) lines under the table, where both ran.
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("heat", "heat_random", "probe-scored top heads vs random heads"),
+    ("heat", "heat_bottom", "probe-scored top vs bottom heads"),
+    ("heat_rnd_cls", "heat_random", "random-classifier top heads vs random heads"),
+    ("heat_rnd_cls", "heat_rnd_cls_bottom", "random-classifier top vs bottom heads"),
+    ("heat", "heat_rnd_cls", "top heads: probe vs random-classifier scoring"),
+    ("heat_probe_init", "heat", "training from the probe vs from the zero classifier"),
+)
 
 
 def pretrained_backbone(config: ml_collections.ConfigDict) -> str:
@@ -232,8 +254,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             f"{b.model.name} pretrained for {config.pretrain.steps} steps on the synthetic "
             f"mixture; {b.train.epochs} epochs on {b.data.num_train} images per task; HEAT "
             f"budget {b.heat.budget:g} heads{' per layer' if b.heat.scope == 'layer' else ''} "
-            f"({b.heat.scope} ranking, TIS strategy "
-            f"'{b.importance.strategy}'); test top-1 %, mean ± std over {s.seeds} seed(s).\n\n")
+            f"({b.heat.scope} ranking, TIS strategy '{b.importance.strategy}' through the "
+            f"'{b.importance.classifier}' classifier"
+            f"{', training from the probe' if b.importance.keep_probe else ''}); test top-1 %, "
+            f"mean ± std over {s.seeds} seed(s).\n\n")
   footer = "".join(f"\n{line}" for line in compare_controls(rows, tasks))
   write_json(os.path.join(workdir, "results.json"), rows)
   write_text(os.path.join(workdir, "results.md"), header + table + "\n" + footer.lstrip("\n")
@@ -265,19 +289,21 @@ def format_table(rows: list[dict], tasks: list[str], variants: list[str]) -> str
   return "\n".join(lines)
 
 
-def compare_controls(rows: list[dict], tasks: list[str], method: str = "heat",
-                     controls: tuple[str, ...] = ("heat_random", "heat_bottom")) -> list[str]:
-  """Lines like 'heat > heat_random on 3 of 4 tasks (mean over seeds)'."""
+def compare_controls(rows: list[dict], tasks: list[str],
+                     pairs: tuple[tuple[str, str, str], ...] = COMPARISONS) -> list[str]:
+  """Lines like 'heat > heat_random on 3 of 4 tasks (...)' for the pairs that ran."""
   def mean(t: str, v: str) -> float | None:
     acc = [r["test_top1"] for r in rows if r["task"] == t and r["variant"] == v]
     return float(np.mean(acc)) if acc else None
 
   lines = []
-  for control in controls:
-    pairs = [(t, mean(t, method), mean(t, control)) for t in tasks]
-    pairs = [(t, a, b) for t, a, b in pairs if a is not None and b is not None]
-    if pairs:
-      wins = [t for t, a, b in pairs if a > b]
-      lines.append(f"{method} (top-TIS heads) > {control} (same budget) on {len(wins)} of "
-                   f"{len(pairs)} tasks" + (f": {', '.join(wins)}" if wins else ""))
+  for method, control, what in pairs:
+    found = [(t, mean(t, method), mean(t, control)) for t in tasks]
+    found = [(t, a, b) for t, a, b in found if a is not None and b is not None]
+    if found:
+      wins = [t for t, a, b in found if a > b]
+      gap = 100 * np.mean([a - b for _, a, b in found])
+      lines.append(f"{method} > {control} on {len(wins)} of {len(found)} tasks "
+                   f"(mean {gap:+.1f} points; {what})"
+                   + (f": {', '.join(wins)}" if wins else ""))
   return lines

@@ -131,8 +131,6 @@ def test_adapter_roundtrip_and_counts(tiny_config, tmp_path):
   c.heat.budget = 2
   results = experiment.run(c, str(tmp_path), quiet=True)
   meta = json.load(open(tmp_path / "adapter.json"))
-  stored = np.load(tmp_path / "adapter.npz", allow_pickle=False)
-  assert sum(stored[k].size for k in stored.files) == results["trainable_params"]
   heads = np.load(tmp_path / "heads.npy", allow_pickle=False)
   assert heads.sum() == 2
   # 2 heads x (3 x (d*hd + hd) + hd*d) + head (d*C + C)

@@ -12,6 +12,8 @@ A method is one module that defines a `Method` subclass registered with
     `heat_jax.training.partition`); the engine chooses how to train it;
   * `trained_extensions()`: the extensions of the model that trains, once the mask is
     known (default: `extensions()`; Heart-LoRA adds its per-head mask);
+  * `initial_params(ctx)`: the parameters training starts from, once the mask is known
+    (default: the loaded ones; HEAT may start from its fitted linear-probe classifier);
   * `resume_state()` / `restore(state)`: what a resumed run must reuse (e.g. the HEAT
     selection); stored in the training checkpoint, never read from loose files.
 Merging into plain weights is the extensions' `merge`. Methods never rename pretrained
@@ -84,6 +86,10 @@ class Method:
     """Adds the classifier head to a mask."""
     head = partition.mask_from_predicate(params, lambda k, _: partition.is_head(k))
     return partition.union(mask, head)
+
+  def initial_params(self, ctx: MethodContext) -> dict[str, Any]:
+    """The parameters training starts from (called after `trainable_mask`)."""
+    return ctx.params
 
   def resume_state(self) -> dict[str, Any]:
     """JSON-able state a resumed run must reuse instead of recomputing."""
