@@ -13,8 +13,9 @@ and full fine-tuning. Small offline study, NOT a VTAB result.
 Arguments: seeds (>= 1), tasks and variants (lists joined with `+`), epochs, budget
 (heads kept), strategy (TIS strategy), model, pretrain_steps, pretrain_images. Tasks:
 sprite_x, sprite_orientation, count, texture, digits (heat_jax/data/synthetic.py);
-variants: heat, heat_random, heat_bottom, lora, linear, full. `study.validate` checks
-every value before the pretraining starts.
+variants: heat, heat_random, heat_bottom, lora, linear, full (the default list), and
+kadaptation (only when asked: variants=heat+kadaptation). `study.validate` checks every
+value before the pretraining starts.
 """
 
 import ml_collections

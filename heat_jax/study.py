@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lora": {"method.name": "lora"},
     "linear": {"method.name": "linear"},
     "full": {"method.name": "full"},
+    # Not in the default list (configs/demo.py): ask for it, e.g. variants=heat+kadaptation.
+    "kadaptation": {"method.name": "kadaptation"},
 }
 
 

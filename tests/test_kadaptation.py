@@ -390,3 +390,32 @@ def test_share_qv_needs_query_and_value(tiny_config):
   c.kadaptation.targets = "query,key"
   with pytest.raises(ConfigError, match="share_qv_fast_weights needs both query and value"):
     experiment.validate(c)
+
+
+# ----------------------------------------------------------------------------- integration
+
+
+def test_demo_variant_only_when_asked():
+  from configs import demo
+  from heat_jax import study
+  assert "kadaptation" not in demo.get_config().study.variants.split(",")
+  config = demo.get_config("variants=heat+kadaptation")
+  _, variants = study.validate(config)
+  assert variants == ["heat", "kadaptation"]
+  c = study.variant_config(config, "texture", "kadaptation", 0)
+  assert c.method.name == "kadaptation"
+  assert isinstance(experiment.validate(c).extensions()[0], KAdaptationSpec)
+
+
+def test_vtab_config_and_sweep_build_and_fail_fast_offline(tmp_path):
+  from configs import vtab
+  from heat_jax import sweep
+  from heat_jax.errors import UserError
+  jobs = sweep.plan(["dtd"], ["kadaptation"], [0], tmp_path / "sweep")
+  assert [j.config.method.name for j in jobs] == ["kadaptation"]
+  c = vtab.get_config(f"dtd,method=kadaptation,data_dir={tmp_path / 'no_data'}")
+  spec = experiment.validate(c).extensions()[0]
+  assert spec.n == 32 and spec.targets == ("query", "value")
+  with pytest.raises(UserError, match="not prepared") as e:
+    experiment.run(c, str(tmp_path / "w"), log=lambda *_: None)
+  assert "\n" not in e.value.one_line()
