@@ -5,7 +5,8 @@ of `base_config()`, trained on `train800val200` and evaluated on `test`.
 
 Arguments (big_vision style, the first bare token is the task):
   task      one of the 19 ids in `heat_jax.data.vtab_tasks.TASK_NAMES` (`cifar` = cifar100)
-  method    heat | linear | full | bitfit | lora | adapter | vpt
+  method    heat | linear | full | bitfit | lora | adapter | vpt | kadaptation
+            (its options: --config.kadaptation.*; `rank` does not set them)
   rank      LoRA rank (also the adapter bottleneck when method=adapter)
   budget, scope, select    HEAT head selection (`config.heat.*`)
   strategy  importance strategy (`config.importance.strategy`)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -23,6 +24,35 @@ def test_d90_is_the_smallest_d_reaching_90_percent():
   assert intrinsic_dim.d90(0.8, []) is None
 
 
+def test_hadamard_matches_scipy():
+  from scipy.linalg import hadamard
+  x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+  np.testing.assert_allclose(subspace.hadamard(x), x @ hadamard(16).T, rtol=1e-5, atol=1e-5)
+
+
+def _fastfood_matrix(parts, num_params, dim):
+  """The explicit P [num_params, dim] = S H G Pi H B (first dim columns, first rows)."""
+  from scipy.linalg import hadamard
+  length = len(parts["signs"])
+  h = hadamard(length).astype(np.float64)
+  perm = np.eye(length)[parts["perm"]]          # (perm @ v)[j] = v[perm[j]]
+  full = parts["scale"] * h @ np.diag(parts["gauss"]) @ perm @ h @ np.diag(parts["signs"])
+  return full[:num_params, :dim]
+
+
+def test_fastfood_is_its_explicit_matrix_with_unit_scale_coordinates():
+  n, d = 300, 20
+  parts = subspace.fastfood_projection(n, d, seed=3)
+  assert len(parts["signs"]) == 512
+  p = _fastfood_matrix(parts, n, d)
+  theta = np.random.default_rng(1).standard_normal(d).astype(np.float32)
+  got = jax.jit(lambda t: subspace.fastfood(parts, t, n))(jnp.asarray(theta))
+  np.testing.assert_allclose(got, p @ theta,
+                             rtol=1e-4, atol=1e-5)
+  # Entries of P have variance ~ 1/d, like a dense N(0, 1/d) projection.
+  assert 0.8 < p.var() * d < 1.2
+
+
 def test_subspace_model_adds_p_theta_to_one_part_only():
   model = create_model("ViT-micro", 3)
   params = checkpoints.init_params(model, rng=jax.random.key(0))
@@ -31,25 +61,26 @@ def test_subspace_model_adds_p_theta_to_one_part_only():
                                 params["head"])
   wrapped_model, wrapped, mask = subspace.subspace_setup(model, params, "mlp", 7, seed=1)
   n = subspace.part_size(params, "mlp")
-  assert wrapped["projection"].shape == (n, 7)
-  assert abs(wrapped["projection"].std() - 1 / np.sqrt(7)) < 0.01
   head = sum(np.size(v) for k, v in partition.flatten(params).items() if k.startswith("head"))
   assert partition.count(wrapped, mask) == 7 + head
-  theta = np.random.default_rng(0).standard_normal(7).astype(np.float32)
+  theta = rng.standard_normal(7).astype(np.float32)
   wrapped["theta_d"] = theta
-  # Independent: add P @ theta leaf by leaf (MlpBlock_0 leaves in flatten order) by hand.
+  # Add P @ theta (fastfood: checked against its explicit matrix above) leaf by leaf, in
+  # the tree order of the MlpBlock_0 leaves, by hand.
+  offset = np.asarray(subspace.fastfood(wrapped["projection"], jnp.asarray(theta), n))
   flat = {k: np.array(v) for k, v in partition.flatten(params).items()}
-  offset, start = wrapped["projection"] @ theta, 0
+  start = 0
   for k in flat:
     if "MlpBlock_0" in k:
       flat[k] = flat[k] + offset[start:start + flat[k].size].reshape(flat[k].shape)
       start += flat[k].size
   assert start == n
   images = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
-  want = model.apply({"params": partition.unflatten(flat)}, images)
-  got = wrapped_model.apply({"params": wrapped}, images)
+  apply = jax.jit(lambda p: model.apply({"params": p}, images))
+  want = apply(partition.unflatten(flat))
+  got = jax.jit(lambda p: wrapped_model.apply({"params": p}, images))(wrapped)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-  assert np.abs(want - model.apply({"params": params}, images)).max() > 1e-3
+  assert np.abs(want - apply(params)).max() > 1e-3
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -7,7 +7,8 @@ For each submodule type (attention: every q/k/v/out; MLP: every MLP) it trains, 
 synthetic task and through the ordinary engine (`Trainer`):
   * full fine-tuning of only that type's parameters (plus the head): the reference;
   * only theta_d, with that type's parameters = theta0 + P theta_d for a fixed random
-    P (`heat_jax.tools.subspace`), for every d of the grid (plus the head);
+    Fastfood projection P (`heat_jax.tools.subspace`), for every d of the grid (plus
+    the head), with the same learning rate (P is scaled so that it transfers);
 and reports d90, the smallest d of the grid whose test top-1 reaches 90 % of the
 reference ("-" when none does). A head-only run (the linear probe, d = 0) is shown for
 scale. The backbone is the offline demo's `ViT-demo`, pretrained once on the synthetic
@@ -35,7 +36,6 @@ from heat_jax.errors import ConfigError, UserError
 from heat_jax.io_utils import atomic_open, write_json, write_text
 
 FRACTION = 0.9
-MAX_PROJECTION_GIB = 4.0        # dense P of the largest d must fit in memory
 Log = Callable[[str], Any]
 
 FLAGS = flags.FlagValues()
@@ -45,13 +45,14 @@ flags.DEFINE_string("task", "texture", "Synthetic downstream task: sprite_x, "
                     "sprite_orientation, count, texture, digits.", flag_values=FLAGS)
 flags.DEFINE_string("parts", "attention,mlp", "Submodule types, comma-separated: "
                     "attention, mlp.", flag_values=FLAGS)
-flags.DEFINE_string("dims", "10,25,50,100,200,400,800,1600",
+flags.DEFINE_string("dims", "200,400,800,1600,3200,6400,12800,25600",
                     "Subspace dimensions d, comma-separated integers >= 1.", flag_values=FLAGS)
 flags.DEFINE_integer("epochs", 6, "Epochs of every run.", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Run seed (data order, head init) and seed of P.",
                      flag_values=FLAGS)
-flags.DEFINE_float("lr", 3e-3, "Peak learning rate of every run (AdamW, warmup 1 epoch, "
-                   "cosine), the demo study's.", flag_values=FLAGS)
+flags.DEFINE_float("lr", 1e-2, "Peak learning rate of every run (AdamW, warmup 1 epoch, "
+                   "cosine); on texture the best of 1e-3, 3e-3, 1e-2 for full fine-tuning "
+                   "of attention and of the MLP.", flag_values=FLAGS)
 flags.DEFINE_string("model", "ViT-demo", "Backbone (pretrained once on the synthetic "
                     "mixture and cached, as by the demo study).", flag_values=FLAGS)
 flags.DEFINE_integer("pretrain_steps", 1500, "Pretraining steps of the backbone (the "
@@ -154,10 +155,6 @@ def run(workdir: str, *, task: str = "texture", parts: Sequence[str] = ("attenti
   model, _ = experiment.build_model(b, data.num_classes)
   params = checkpoints.load_pretrained(backbone, model, rng=jax.random.key(b.seed))
   sizes = {p: subspace.part_size(params, p) for p in parts}
-  gib = max(sizes.values()) * max(dims) * 4 / 2 ** 30
-  if gib > MAX_PROJECTION_GIB:
-    raise ConfigError(f"--dims: a dense P of {max(sizes.values()):,} x {max(dims)} takes "
-                      f"{gib:.1f} GiB (limit {MAX_PROJECTION_GIB:g}); lower the largest d")
 
   def timed(label: str, fn: Callable[[], float]) -> tuple[float, float]:
     tic = time.time()
@@ -179,7 +176,6 @@ def run(workdir: str, *, task: str = "texture", parts: Sequence[str] = ("attenti
     for d in dims:
       wrapped = subspace.subspace_setup(model, params, part, d, seed=b.seed)
       acc, s = timed(f"{part}: d = {d}", lambda: subspace.fit(*wrapped, b, data))
-      del wrapped   # P can be large: free it before the next d
       curve.append({"d": d, "test_top1": acc, "seconds": s})
     results["parts"][part] = {
         "num_params": sizes[part], "full_top1": full, "full_seconds": secs,
