@@ -80,7 +80,7 @@ class FastWeights(nn.Module):
 
 
 class SlowWeights(nn.Module):
-  """Shared factors of A_i = l_i r_i per target: `<t>_left` [n, n, rank], `<t>_right` [n, rank, n]."""
+  """Shared A_i = l_i r_i per target: `<t>_left` [n, n, rank], `<t>_right` [n, rank, n]."""
 
   targets: tuple[str, ...]
   n: int
@@ -192,9 +192,9 @@ class KAdaptationSpec(Extension):
       prefix = "/".join(path)
       for target in self.targets:
         fast = f"{prefix}/{PREFIX}{self.fast_source(target)}"
-        h = kron_matrix(*(flat[k].astype(np.float64) for k in (
-            f"{RULES}/{target}_left", f"{RULES}/{target}_right", f"{fast}/u", f"{fast}/v")),
-                        xp=np)
+        factors = (f"{RULES}/{target}_left", f"{RULES}/{target}_right", f"{fast}/u",
+                   f"{fast}/v")
+        h = kron_matrix(*(flat[k].astype(np.float64) for k in factors), xp=np)
         kernel = f"{prefix}/{target}/kernel"
         flat[kernel] = (flat[kernel] + self.scale * h.reshape(flat[kernel].shape)
                         ).astype(flat[kernel].dtype)
