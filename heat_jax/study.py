@@ -53,6 +53,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full": {"method.name": "full"},
     # Not in the default list; ask with variants=...+hst (its side network dwarfs ViT-demo).
     "hst": {"method.name": "hst"},
+    # Not in the default list (configs/demo.py): ask for it, e.g. variants=heat+kadaptation.
+    "kadaptation": {"method.name": "kadaptation"},
 }
 # (variant, control, what the pair shows) lines under the table, where both ran.
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
