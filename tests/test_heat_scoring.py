@@ -54,7 +54,7 @@ def test_model_classifier_refuses_a_zero_head():
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("heat.budget", 5, "config.heat.budget=5 exceeds the 4 heads"),
+    ("heat.budget", 5, "budget=5 exceeds the 4 heads"),
     ("heat.scope", "stage", "heat.scope"), ("heat.select", "worst", "heat.select"),
     ("importance.strategy", "taylor", "strategy"), ("importance.normalize", "l2", "normalize"),
     ("importance.classifier", "ridge", "importance.classifier"),
