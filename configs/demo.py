@@ -13,8 +13,15 @@ and full fine-tuning. Small offline study, NOT a VTAB result.
 Arguments: seeds (>= 1), tasks and variants (lists joined with `+`), epochs, budget
 (heads kept), strategy (TIS strategy), model, pretrain_steps, pretrain_images. Tasks:
 sprite_x, sprite_orientation, count, texture, digits (heat_jax/data/synthetic.py);
-variants: heat, heat_random, heat_bottom, lora, linear, full. `study.validate` checks
-every value before the pretraining starts.
+variants (heat_jax/study.py VARIANTS): heat, heat_random, heat_bottom, lora, linear, full
+(the default set), and hst, kadaptation, heat_rnd_cls, heat_rnd_cls_bottom (heads scored through a random
+classifier instead of the linear probe), heat_probe_init (training starts from the probe
+instead of the zero classifier). `study.validate` checks every value before the
+pretraining starts.
+
+  # does probe scoring pick better heads than random-classifier scoring?
+  python run.py --config=configs/demo.py:seeds=3,variants=heat+heat_random+heat_bottom\
++heat_rnd_cls+heat_rnd_cls_bottom     (one argument)
 """
 
 import ml_collections

@@ -5,8 +5,9 @@ of `base_config()`, trained on `train800val200` and evaluated on `test`.
 
 Arguments (big_vision style, the first bare token is the task):
   task      one of the 19 ids in `heat_jax.data.vtab_tasks.TASK_NAMES` (`cifar` = cifar100)
-  method    heat | linear | full | bitfit | lora | adapter | vpt
-  rank      LoRA rank (also the adapter bottleneck when method=adapter)
+  method    any registered method: heat | linear | full | bitfit | lora | adapter | vpt | hst
+            | kadaptation (their options: --config.<method block>.*, see the README)
+  rank      the method's rank-like field (`Method.rank_field`: LoRA rank, adapter width, ...)
   budget, scope, select    HEAT head selection (`config.heat.*`)
   strategy  importance strategy (`config.importance.strategy`)
   seed, lr, epochs
@@ -30,6 +31,7 @@ import ml_collections
 from configs.common import base_config, parse_arg
 from heat_jax.data.vtab_tasks import TASK_NAMES, get_task
 from heat_jax.errors import ConfigError
+from heat_jax.methods import method_class
 
 SWIN_B_CHECKPOINT = "swin_base_patch4_window7_224.ms_in22k"
 PRETRAINED = {"ViT-B_16": "ViT-B_16", "Swin-B": SWIN_B_CHECKPOINT}
@@ -43,7 +45,7 @@ FOLDER_TUNE_SPLITS = {"train": "train800", "val": "val200", "test": "val200"}
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """The config of one VTAB-1k task, e.g. `get_config('dtd,method=lora,rank=8')`."""
   c = base_config()
-  a = parse_arg(arg, task="", method=c.method.name, rank=c.lora.rank, budget=c.heat.budget,
+  a = parse_arg(arg, task="", method=c.method.name, rank=0, budget=c.heat.budget,
                 scope=c.heat.scope, select=c.heat.select, strategy=c.importance.strategy,
                 seed=c.seed, lr=c.optim.lr, epochs=c.train.epochs, model=c.model.name,
                 source="", root="", data_dir="", tune=False)
@@ -72,11 +74,11 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   c.data.data_dir = a.data_dir
 
   c.method.name = a.method
-  c.lora.rank = a.rank
-  if "rank" in c.heat:
-    c.heat.rank = a.rank
-  if a.method == "adapter":
-    c.adapter.dim = a.rank
+  if a.rank:  # the method's own rank-like field (LoRA rank, adapter width, ...)
+    field = method_class(a.method).rank_field
+    if field is None:
+      raise ConfigError(f"configs/vtab.py: method {a.method} has no rank; drop rank=")
+    c.update_from_flattened_dict({field: a.rank})
   c.heat.budget = a.budget
   c.heat.scope = a.scope
   c.heat.select = a.select

@@ -1,44 +1,81 @@
-"""Thin entry point: absl flags + ml_collections config files -> a job.
+"""The run.py command line: absl flags + an ml_collections config file -> a job.
 
-A config's `job` field picks what runs: `train` (default, `experiment.run`) or
-`study` (the demo study over several methods). `UserError`s become one line on stderr
-and exit code 2.
+A config's `job` field picks what runs: `train` (default, `experiment.run`; its
+one-line result goes to stdout) or `study` (the demo study over several methods; its
+table goes to stdout). Logs (absl) and progress bars go to stderr. Bad input (flags,
+config files, config values, data, checkpoints, the workdir) prints one line
+`error: ...` on stderr and exits with code 2; `--help` exits 0 (`heat_jax.absl_cli`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from absl import flags
 from ml_collections import config_flags
 
-from heat_jax.errors import UserError
+from heat_jax import absl_cli
+from heat_jax.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "demo.py")
 
 
 def _define_flags(default_config: str) -> None:
   if "config" in FLAGS:
     return
   config_flags.DEFINE_config_file(
-      "config", default_config, "Config file, e.g. configs/vtab.py:dtd,method=lora.",
-      lock_config=True)
+      "config", default_config, "Config file and its args, e.g. "
+      "configs/vtab.py:dtd,method=lora; single fields are set with --config.<field>=value, "
+      "e.g. --config.train.epochs=10.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and artifacts "
-                      "(default: workdirs/<task>/<method>).")
+                      "(default: workdirs/<task>/<method>, or workdirs/demo for the study). "
+                      "Rerunning a command with the same workdir resumes or reports it.")
+  # Multi-process runs (jax.distributed); not needed under SLURM, Open MPI or on a TPU pod.
+  flags.DEFINE_string("coordinator_address", None, "Multi-process run: HOST:PORT of "
+                      "process 0, the same in every process.")
+  flags.DEFINE_integer("num_processes", None, "Multi-process run: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, "
+                       "0 .. num_processes-1 (0 writes the results).")
+  flags.DEFINE_list("local_device_ids", None, "Multi-process run: the local GPU ids this "
+                    "process uses, e.g. 0,1 (default: all visible).")
 
 
-def _fail(message: str) -> int:
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-  return 2
+# ----------------------------------------------------------------------------- config errors
 
 
-def _config_error_line(e: BaseException) -> str:
-  """One line from config_flags' nested, multi-line load errors."""
+def _chain(e: BaseException) -> list[BaseException]:
   chain = [e]
-  while chain[-1].__cause__ or chain[-1].__context__:
+  while (chain[-1].__cause__ or chain[-1].__context__) and len(chain) < 20:
     chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  return chain
+
+
+def _override_error(e: BaseException) -> Optional[str]:
+  """`--config.a.b=value` with a value of the wrong type, as one line."""
+  text = str(e)
+  if not text.startswith("flag --config.") or "=" not in text.split(":")[0]:
+    return None
+  flag, _, reason = text.partition(": ")
+  field, _, value = flag[len("flag --"):].partition("=")
+  kind = ("an integer" if "for int()" in reason else
+          "a number" if "to float" in reason else
+          "True or False" if "boolean" in reason else None)
+  if kind:
+    return f"{field} must be {kind}, got {value!r} (from --{field}={value})"
+  return f"bad value --{field}={value}: {reason}"
+
+
+def config_error_line(e: BaseException, config_arg: str = "") -> Optional[str]:
+  """One line for an error of loading the config file or applying overrides to it.
+
+  None for plain flag errors (unknown flag, missing value), which absl_cli words.
+  """
+  chain = _chain(e)
   for err in chain:
     if isinstance(err, UserError):
       return err.one_line()
@@ -49,10 +86,53 @@ def _config_error_line(e: BaseException) -> str:
       hint = f" {text[1]}" if len(text) > 1 else ""
       return (f"unknown config field {name!r} in an override.{hint} The fields are "
               "listed in configs/common.py (base_config)")
-  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-  if len(lines) > 1 and "config file" in lines[0]:
-    return f"cannot load the config: {lines[-1]} (check --config=configs/<file>.py:<args>)"
-  return f"bad config: {' '.join(lines) or type(e).__name__}"
+  if isinstance(e, flags.Error):
+    line = _override_error(e)
+    if line is not None or not str(e).startswith("flag --config="):
+      return line
+  root = chain[-1]
+  lines = [l.strip() for l in str(root).splitlines() if l.strip()]
+  what = f"the config {config_arg!r}" if config_arg else "the config"
+  reason = lines[-1] if lines else ""
+  if isinstance(root, OSError) and (root.errno == errno.ENOENT or "No such file" in reason):
+    return (f"cannot load {what}: the file does not exist (pass "
+            "--config=configs/<file>.py[:args], e.g. configs/smoke.py)")
+  if isinstance(root, AttributeError) and "get_config" in reason:
+    return (f"cannot load {what}: the file defines no get_config(arg) function that "
+            "returns the config")
+  return (f"cannot load {what}: {type(root).__name__}: {reason} (fix the file or pass "
+          "--config=configs/<file>.py[:args])")
+
+
+def _config_arg(argv: Sequence[str]) -> str:
+  for arg in reversed(list(argv)):
+    if arg.startswith(("--config=", "-config=")):
+      return arg.split("=", 1)[1]
+  return ""
+
+
+def _config_filename() -> str:
+  return str(getattr(FLAGS["config"], "config_filename", "") or "")
+
+
+def load_config():
+  """FLAGS.config, loaded and checked; ConfigError with one line if it does not load."""
+  try:
+    config = FLAGS.config
+    if config is not None:
+      config.get("job")  # config_flags loads lazily: surface load errors here
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (a config file is user code)
+    raise ConfigError(config_error_line(e, _config_filename())) from None
+  if not hasattr(config, "get") or not hasattr(config, "to_dict"):
+    raise ConfigError(f"get_config() of {_config_filename()} returned "
+                      f"{type(config).__name__}, not an ml_collections.ConfigDict; "
+                      "add `return config` at its end")
+  return config
+
+
+# ----------------------------------------------------------------------------- the job
 
 
 def default_workdir(config) -> str:
@@ -62,32 +142,71 @@ def default_workdir(config) -> str:
   return os.path.join("workdirs", str(task), str(config.method.name))
 
 
-def main(argv: Sequence[str], default_config: Optional[str] = None) -> int:
-  """Parses flags and runs the configured job; returns the exit code."""
-  _define_flags(default_config or "configs/demo.py")
+def resolve_workdir(flag_value: Optional[str], config) -> str:
+  """The workdir: the flag's value, or the default when the flag is not given."""
+  if flag_value is None:
+    return default_workdir(config)
+  if not flag_value.strip():
+    raise ConfigError("--workdir is empty; pass a directory (--workdir=DIR) or leave the "
+                      "flag out for the default workdirs/<task>/<method>")
+  return flag_value
+
+
+def _start_processes(config) -> None:
+  """Joins a multi-process run (flags or a detected launcher) before any device use."""
+  from heat_jax import distributed
   try:
-    FLAGS(list(argv))
-    config = FLAGS.config
-    config.get("job")  # config_flags loads lazily: surface load errors here
-  except flags.Error as e:
-    return _fail(str(e).splitlines()[0] if str(e) else repr(e))
-  except UserError as e:
-    return _fail(e.one_line())
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    return _fail(_config_error_line(e))
-  if config is None:
-    return _fail("no config; pass --config=configs/<file>.py[:args]")
-  workdir = FLAGS.workdir or default_workdir(config)
+    ids = [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None
+  except ValueError:
+    raise ConfigError(f"--local_device_ids must be integers, got "
+                      f"{','.join(FLAGS.local_device_ids)}") from None
+  started = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id, ids)
+  if started and config.get("job", "train") == "study":
+    raise ConfigError("the demo study runs in one process; start it without "
+                      "--coordinator_address/--num_processes/--process_id")
+
+
+def _job(argv: Sequence[str]) -> int:
+  """absl main: runs the configured job; returns the exit code."""
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected argument {argv[1]!r}; flags look like --config=FILE "
+                      "or --config.train.epochs=10 (see --help)")
+  config = load_config()
+  workdir = resolve_workdir(FLAGS.workdir, config)
+  _start_processes(config)
   try:
     if config.get("job", "train") == "study":
       from heat_jax import study
-      study.run(config, workdir)
+      study.run(config, workdir)   # prints its table on stdout
     else:
       from heat_jax import experiment
-      experiment.run(config, workdir)
-  except UserError as e:
-    return _fail(e.one_line())
+      print(experiment.summary_line(experiment.run(config, workdir)), flush=True)
   except KeyboardInterrupt:
     print("interrupted; rerun the same command to resume", file=sys.stderr)
     return 130
+  return 0
+
+
+def run(argv: Optional[Sequence[str]] = None,
+        default_config: Optional[str] = None) -> NoReturn:
+  """What `python run.py` does: parses `argv` (default sys.argv), runs, exits."""
+  argv = list(sys.argv if argv is None else argv)
+
+  def define() -> None:
+    _define_flags(default_config or DEFAULT_CONFIG)
+    # --help lists the flags of the main script (run.py); they are defined here.
+    for flag in FLAGS.get_key_flags_for_module(__name__):
+      FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+  absl_cli.run(_job, define, argv,
+               explain=lambda e: config_error_line(e, _config_arg(argv)))
+
+
+def main(argv: Sequence[str], default_config: Optional[str] = None) -> int:
+  """`run` returning the exit code instead of exiting (for tests and drivers)."""
+  try:
+    run(argv, default_config)
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   return 0

@@ -7,10 +7,11 @@ knows nothing about training.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from heat_jax import losses
 from heat_jax.data.base import Split
@@ -33,10 +34,15 @@ def make_eval_step(predict_fn: PredictFn) -> EvalStep:
 
 
 def evaluate(eval_step: EvalStep, args: Any, split: Split, batch_size: int,
-             put_batch: Callable[[dict], dict] = lambda b: b) -> dict[str, float]:
-  """Top-1 accuracy and mean loss over every example of `split`."""
+             put_batch: Callable[[dict], dict] = lambda b: b,
+             rows: Optional[np.ndarray] = None) -> dict[str, float]:
+  """Top-1 accuracy and mean loss over every example of `split`.
+
+  In a multi-process run each process loads its `rows` of every batch and `put_batch`
+  assembles the global batch; the step's sums are then over all processes' rows.
+  """
   correct = count = loss = 0.0
-  for batch in split.batches(batch_size, shuffle=False, pad=True):
+  for batch in split.batches(batch_size, shuffle=False, pad=True, rows=rows):
     c, n, l = eval_step(args, put_batch(batch))
     correct, count, loss = correct + float(c), count + float(n), loss + float(l)
   if int(round(count)) != split.num_examples:

@@ -3,9 +3,10 @@
 Used by the offline demo (`configs/demo.py`): the backbone is pretrained once on the
 synthetic pre-training mixture (cached under `$HEAT_JAX_CACHE/demo`), then every
 variant is one `experiment.run` in `workdir/<task>/<variant>/seed<k>`, started afresh
-(the directory is cleared first). Seed k sets the run seed and the random head set of
-`heat_random`. Compiled XLA programs are cached under `$HEAT_JAX_CACHE/demo/xla`
-(`config.study.compilation_cache`), since compiling dominates runs this small.
+(the directory is cleared first). Seed k sets the run seed, the random head set of
+`heat_random` and the random scoring classifier of `heat_rnd_cls*`. Compiled XLA
+programs are cached under `$HEAT_JAX_CACHE/demo/xla` (`config.study.compilation_cache`),
+since compiling dominates runs this small.
 """
 
 from __future__ import annotations
@@ -20,43 +21,71 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
-from heat_jax import experiment
+from heat_jax import artifacts, experiment, logs
 from heat_jax.errors import ConfigError
-from heat_jax.io_utils import cache_dir, write_json, write_text
+from heat_jax.io_utils import as_path, cache_dir, remove_tree, write_json, write_text
+from heat_jax.models import model_family
 
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
           "NOT a VTAB result")
 
-# Variant label -> config overrides ("section.field": value).
+# Variant label -> config overrides ("section.field": value). The HEAT variants differ
+# in the heads only (same budget, same start: the classifier training starts from is
+# `importance.keep_probe`'s, whatever classifier scored the heads):
+#   heat / heat_bottom            top / bottom heads scored through the linear probe
+#   heat_rnd_cls / ..._bottom     top / bottom heads scored through a random classifier
+#   heat_random                   random heads (no scores)
+#   heat_probe_init               heat, but training starts from the probe (keep_probe)
 VARIANTS: dict[str, dict[str, Any]] = {
     "heat": {"method.name": "heat", "heat.select": "top"},
     "heat_random": {"method.name": "heat", "heat.select": "random"},
     "heat_bottom": {"method.name": "heat", "heat.select": "bottom"},
+    "heat_rnd_cls": {"method.name": "heat", "heat.select": "top",
+                     "importance.classifier": "random"},
+    "heat_rnd_cls_bottom": {"method.name": "heat", "heat.select": "bottom",
+                            "importance.classifier": "random"},
+    "heat_probe_init": {"method.name": "heat", "heat.select": "top",
+                        "importance.keep_probe": True},
     "lora": {"method.name": "lora"},
     "linear": {"method.name": "linear"},
     "full": {"method.name": "full"},
+    # Not in the default list; ask with variants=...+hst (its side network dwarfs ViT-demo).
+    "hst": {"method.name": "hst"},
+    # Not in the default list (configs/demo.py): ask for it, e.g. variants=heat+kadaptation.
+    "kadaptation": {"method.name": "kadaptation"},
 }
+# (variant, control, what the pair shows) lines under the table, where both ran.
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("heat", "heat_random", "probe-scored top heads vs random heads"),
+    ("heat", "heat_bottom", "probe-scored top vs bottom heads"),
+    ("heat_rnd_cls", "heat_random", "random-classifier top heads vs random heads"),
+    ("heat_rnd_cls", "heat_rnd_cls_bottom", "random-classifier top vs bottom heads"),
+    ("heat", "heat_rnd_cls", "top heads: probe vs random-classifier scoring"),
+    ("heat_probe_init", "heat", "training from the probe vs from the zero classifier"),
+)
 
 
-def pretrained_backbone(config: ml_collections.ConfigDict, log=print) -> str:
+def pretrained_backbone(config: ml_collections.ConfigDict) -> str:
   """Path of the demo backbone, pretraining it (once, cached) if needed."""
   p = config.pretrain
   model = config.base.model
   spec = json.dumps({"model": model.name, "image_size": model.image_size, **p.to_dict()},
                     sort_keys=True)
   key = hashlib.sha256(spec.encode()).hexdigest()[:12]
-  path = cache_dir("demo") / f"backbone-{model.name}-{key}.npz"
+  merged = artifacts.merged_filename(model_family(model.name))   # merged.npz for a ViT
+  path = cache_dir("demo") / f"backbone-{model.name}-{key}{os.path.splitext(merged)[1]}"
   info_path = path.with_suffix(".json")
   if path.exists():
     note = ""
     if info_path.exists():
       top1 = json.loads(info_path.read_text())["test_top1"]
       note = f" (held-out pretraining accuracy {top1:.3f})"
-    log(f"[study] using cached pretrained backbone {path}{note}")
+    logging.info(f"using cached pretrained backbone {path}{note}")
     return str(path)
   check_pretrain(p)
-  log(f"[study] pretraining the demo backbone ({p.steps} steps, once; cached at {path})")
+  logging.info(f"pretraining the demo backbone ({p.steps} steps, once; cached at {path})")
   pre = copy.deepcopy(config.base)
   pre.method.name = "full"
   pre.model.pretrained = ""
@@ -81,11 +110,11 @@ def pretrained_backbone(config: ml_collections.ConfigDict, log=print) -> str:
   pre.optim.weight_decay = p.weight_decay
   workdir = str(cache_dir("demo") / f"pretrain-{key}")
   shutil.rmtree(workdir, ignore_errors=True)   # leftovers of an interrupted pretraining
-  results = experiment.run(pre, workdir, log=log)
-  log(f"[study] pretraining accuracy on held-out mixture: {results['test_top1']:.3f}")
+  results = experiment.run(pre, workdir)
+  logging.info(f"pretraining accuracy on held-out mixture: {results['test_top1']:.3f}")
   write_json(info_path, {"test_top1": results["test_top1"], "steps": results["steps"],
                          "wall_time_s": results["wall_time_s"], "pretrain": p.to_dict()})
-  os.replace(os.path.join(workdir, "merged.npz"), path)
+  os.replace(os.path.join(workdir, merged), path)
   shutil.rmtree(workdir, ignore_errors=True)
   return str(path)
 
@@ -172,7 +201,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   return tasks, variants
 
 
-def enable_compilation_cache(log=print) -> None:
+def enable_compilation_cache() -> None:
   """Persists XLA executables under `$HEAT_JAX_CACHE/demo/xla` (unless one is set).
 
   The study's runs are small, so compiling dominates: every run builds fresh jitted
@@ -185,36 +214,41 @@ def enable_compilation_cache(log=print) -> None:
   path = cache_dir("demo", "xla")
   jax.config.update("jax_compilation_cache_dir", str(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  log(f"[study] XLA compilation cache: {path}")
+  logging.info(f"XLA compilation cache: {path}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
-  """Runs every (task, variant, seed) and writes results.json / results.md."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs every (task, variant, seed), writes results.json / results.md, prints the table.
+
+  The table (results.md) is the study's output: it goes to stdout. Progress goes to
+  absl.logging (stderr); each run's own messages are DEBUG (`--verbosity=1`).
+  """
+  logs.setup()
   start = time.time()
   s = config.study
   tasks, variants = validate(config)   # before any directory, pretraining or run
-  log(f"[study] {HEADER}: {config.base.model.name}, tasks {', '.join(tasks)}; "
+  logging.info(f"{HEADER}: {config.base.model.name}, tasks {', '.join(tasks)}; "
       f"{len(variants)} variants x {s.seeds} seed(s)")
-  os.makedirs(workdir, exist_ok=True)
+  as_path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
   if s.get("compilation_cache", True):
-    enable_compilation_cache(log=log)
-  backbone = pretrained_backbone(config, log=log)
+    enable_compilation_cache()
+  backbone = pretrained_backbone(config)
   rows = []
   for task in tasks:
     for seed in range(s.seeds):
       for variant in variants:
         c = variant_config(config, task, variant, seed, backbone)
         run_dir = os.path.join(workdir, task, variant, f"seed{seed}")
-        shutil.rmtree(run_dir, ignore_errors=True)   # a study always runs afresh
+        remove_tree(run_dir)   # a study always runs afresh
         tic = time.time()
-        r = experiment.run(c, run_dir, log=lambda *_: None)
+        r = experiment.run(c, run_dir, quiet=True)
         rows.append({"task": task, "variant": variant, "seed": seed,
                      "test_top1": r["test_top1"], "best_test_top1": r["best_test_top1"],
                      "heads_selected": r["method_info"].get("heads_selected"),
                      "trainable_params": r["trainable_params"],
                      "trainable_params_no_head": r["trainable_params_no_head"],
                      "seconds": round(time.time() - tic, 2)})
-        log(f"[study] {task:<20} {variant:<12} seed {seed}: test top-1 "
+        logging.info(f"{task:<20} {variant:<12} seed {seed}: test top-1 "
             f"{r['test_top1']:.3f}  ({rows[-1]['seconds']:.1f}s)")
   table = format_table(rows, tasks, variants)
   b = config.base
@@ -222,14 +256,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
             f"{b.model.name} pretrained for {config.pretrain.steps} steps on the synthetic "
             f"mixture; {b.train.epochs} epochs on {b.data.num_train} images per task; HEAT "
             f"budget {b.heat.budget:g} heads{' per layer' if b.heat.scope == 'layer' else ''} "
-            f"({b.heat.scope} ranking, TIS strategy "
-            f"'{b.importance.strategy}'); test top-1 %, mean ± std over {s.seeds} seed(s).\n\n")
+            f"({b.heat.scope} ranking, TIS strategy '{b.importance.strategy}' through the "
+            f"'{b.importance.classifier}' classifier"
+            f"{', training from the probe' if b.importance.keep_probe else ''}); test top-1 %, "
+            f"mean ± std over {s.seeds} seed(s).\n\n")
   footer = "".join(f"\n{line}" for line in compare_controls(rows, tasks))
   write_json(os.path.join(workdir, "results.json"), rows)
   write_text(os.path.join(workdir, "results.md"), header + table + "\n" + footer.lstrip("\n")
              + ("\n" if footer else ""))
-  log("\n" + header + table + ("\n" + footer if footer else ""))
-  log(f"\n[study] total {time.time() - start:.0f}s; results in {workdir}")
+  print("\n" + header + table + ("\n" + footer if footer else ""), flush=True)
+  logging.info(f"total {time.time() - start:.0f}s; results in {workdir}")
   return rows
 
 
@@ -255,19 +291,21 @@ def format_table(rows: list[dict], tasks: list[str], variants: list[str]) -> str
   return "\n".join(lines)
 
 
-def compare_controls(rows: list[dict], tasks: list[str], method: str = "heat",
-                     controls: tuple[str, ...] = ("heat_random", "heat_bottom")) -> list[str]:
-  """Lines like 'heat > heat_random on 3 of 4 tasks (mean over seeds)'."""
+def compare_controls(rows: list[dict], tasks: list[str],
+                     pairs: tuple[tuple[str, str, str], ...] = COMPARISONS) -> list[str]:
+  """Lines like 'heat > heat_random on 3 of 4 tasks (...)' for the pairs that ran."""
   def mean(t: str, v: str) -> float | None:
     acc = [r["test_top1"] for r in rows if r["task"] == t and r["variant"] == v]
     return float(np.mean(acc)) if acc else None
 
   lines = []
-  for control in controls:
-    pairs = [(t, mean(t, method), mean(t, control)) for t in tasks]
-    pairs = [(t, a, b) for t, a, b in pairs if a is not None and b is not None]
-    if pairs:
-      wins = [t for t, a, b in pairs if a > b]
-      lines.append(f"{method} (top-TIS heads) > {control} (same budget) on {len(wins)} of "
-                   f"{len(pairs)} tasks" + (f": {', '.join(wins)}" if wins else ""))
+  for method, control, what in pairs:
+    found = [(t, mean(t, method), mean(t, control)) for t in tasks]
+    found = [(t, a, b) for t, a, b in found if a is not None and b is not None]
+    if found:
+      wins = [t for t, a, b in found if a > b]
+      gap = 100 * np.mean([a - b for _, a, b in found])
+      lines.append(f"{method} > {control} on {len(wins)} of {len(found)} tasks "
+                   f"(mean {gap:+.1f} points; {what})"
+                   + (f": {', '.join(wins)}" if wins else ""))
   return lines

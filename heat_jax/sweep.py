@@ -467,7 +467,7 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("tasks", "all", "Comma-separated task ids, the groups natural, "
                     "specialized, structured, or all (the 19 VTAB-1k tasks).", flag_values=FLAGS)
 flags.DEFINE_string("methods", "heat", "Comma-separated methods: heat, linear, full, bitfit, "
-                    "lora, adapter, vpt.", flag_values=FLAGS)
+                    "lora, adapter, vpt, hst, kadaptation.", flag_values=FLAGS)
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated integer seeds (config.seed).",
                     flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Sweep directory: runs go to "

@@ -34,3 +34,34 @@ def tiny_config():
   c.importance.num_batches = 2
   c.heat.budget = 3
   return c
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory):
+  """`run(*args)`: `python run.py *args --workdir=W` once per distinct args in a session.
+
+  Returns (W, CompletedProcess); asserts exit code 0 unless `check=False`. Tests that
+  need the same finished run (e.g. the smoke LoRA run) share it.
+  """
+  import subprocess
+  import sys
+  from pathlib import Path
+  root = Path(__file__).resolve().parents[1]
+  cache = tmp_path_factory.mktemp("cli_cache")
+  done = {}
+
+  def run(*args: str, check: bool = True):
+    if args not in done:
+      work = tmp_path_factory.mktemp("cli_run") / "w"
+      env = {**os.environ, "HEAT_JAX_CACHE": str(cache), "JAX_PLATFORMS": "cpu",
+             "HEAT_JAX_NO_TENSORBOARD": "1"}
+      proc = subprocess.run([sys.executable, "run.py", *args, f"--workdir={work}",
+                             "--config.train.progress=False"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=900)
+      done[args] = (work, proc)
+    work, proc = done[args]
+    if check:
+      assert proc.returncode == 0, f"run.py {' '.join(args)}:\n{proc.stderr[-4000:]}"
+    return work, proc
+
+  return run

@@ -79,3 +79,28 @@ def test_smoke_run_writes_results(tmp_path):
   for name in ("importance.npy", "heads.npy", "importance.json", "importance.png",
                "adapter.npz", "adapter.json", "metrics.jsonl"):
     assert (work / name).exists(), name
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpfull", "-?"])
+def test_help_exits_0_with_usage_and_flags(tmp_path, flag):
+  proc, _ = _run([flag], tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("Trains and evaluates one PETL run")
+  for text in ("--config=configs/smoke.py", "Exit codes", "--config: Config file",
+               "--workdir: Directory"):
+    assert text in proc.stdout, text
+  assert ("logtostderr:" in proc.stdout) == (flag == "--helpfull")   # absl's own flags
+  assert not proc.stderr.strip()
+
+
+def test_library_info_logs_hidden_unless_verbose(tmp_path):
+  """absl.app.run sends INFO logs to stderr; orbax's per-checkpoint chatter stays hidden
+  (--verbosity=1 shows it) while the run's own lines are printed."""
+  args = ["--config=configs/smoke.py:method=linear", "--config.train.progress=False",
+          "--config.train.max_steps=2"]
+  quiet, _ = _run([*args, f"--workdir={tmp_path / 'q'}"], tmp_path)
+  loud, _ = _run([*args, f"--workdir={tmp_path / 'v'}", "--verbosity=1"], tmp_path)
+  assert quiet.returncode == loud.returncode == 0, quiet.stderr[-2000:] + loud.stderr[-2000:]
+  assert "test top-1" in quiet.stdout + quiet.stderr
+  assert "checkpoint" not in quiet.stderr.lower()
+  assert "Saving checkpoint at step 2" in loud.stderr

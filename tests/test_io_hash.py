@@ -102,7 +102,7 @@ def test_a_run_from_a_local_checkpoint_leaves_its_folder_unchanged(tiny_config, 
   tiny_config.method.name = "linear"
   tiny_config.train.epochs = 1
   tiny_config.train.max_steps = 1
-  experiment.run(tiny_config, str(tmp_path / "run"), log=lambda *_: None)
+  experiment.run(tiny_config, str(tmp_path / "run"), quiet=True)
   assert {p.name: p.stat().st_mtime_ns for p in user.iterdir()} == before
   recorded = json.dumps(json.loads((tmp_path / "run" / "results.json").read_text()))
   assert hashlib.sha256((user / "mine.npz").read_bytes()).hexdigest() in recorded

@@ -38,7 +38,6 @@ def test_global_counts_and_top_heads(budget, expected):
   assert sel.sum() == expected
   assert np.array_equal(sel, _mask(scores.shape, _top_order(scores, np.ones((4, 12), bool))[
       :expected]))
-  assert scores[sel].min() > scores[~sel].max()
 
 
 def test_layer_scope_counts_per_layer():

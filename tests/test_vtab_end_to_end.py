@@ -35,7 +35,7 @@ def test_dtd_config_on_a_folder_copy(tmp_path):
   c.train.eval_every_epochs = 1
   c.importance.batch_size = 16
   c.heat.budget = 2
-  results = experiment.run(c, str(tmp_path / "work"), log=lambda *_: None)
+  results = experiment.run(c, str(tmp_path / "work"), quiet=True)
   assert results["task"].startswith("dtd")
   assert results["num_test_examples"] == 47
   assert results["value_range"] == "minus1_1"

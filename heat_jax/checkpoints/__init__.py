@@ -4,11 +4,15 @@ Names come from `heat_jax.checkpoints.registry`; files are downloaded into
 `$HEAT_JAX_CACHE/checkpoints` (default `~/.cache/heat_jax/checkpoints`) and reused.
 Each model family registers a converter from its file format to canonical parameter
 names (`register_converter`); the common code here merges the converted arrays into a
-freshly initialised parameter tree and reports every mismatch in one error.
+freshly initialised parameter tree and reports every mismatch in one error. The way
+back, plain parameters -> the family's public file format (`merged.npz` in the
+vit_jax layout, `merged.safetensors` in timm's Swin layout), is an exporter
+(`register_exporter`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -27,20 +31,48 @@ from heat_jax.checkpoints.download import download, fetch_registered
 from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints,
                                            get_checkpoint, register_checkpoint)
 from heat_jax.errors import CheckpointError
-from heat_jax.io_utils import cache_dir, load_npz, sha256_file
+from heat_jax.io_utils import cache_dir, load_npz, sha256_file, write_npz
 
 Params = dict[str, Any]
 # family -> fn(path, template_shapes, model, image_hw, interpolation) -> (flat arrays, facts)
 _CONVERTERS: dict[str, Callable[..., tuple[dict[str, np.ndarray], dict]]] = {}
 
-__all__ = ["CheckpointInfo", "available_checkpoints", "get_checkpoint", "init_model_state",
-           "init_params", "load_pretrained", "register_checkpoint", "register_converter",
+__all__ = ["CheckpointInfo", "Exporter", "available_checkpoints", "exporter",
+           "get_checkpoint", "init_model_state", "init_params", "load_pretrained",
+           "register_checkpoint", "register_converter", "register_exporter",
            "resolve_checkpoint", "sha256_file"]
 
 
 def register_converter(family: str, fn: Callable[..., tuple[dict, dict]]) -> None:
   """Registers the file -> canonical-arrays converter of a model family."""
   _CONVERTERS[family] = fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Exporter:
+  """How a family's plain parameters become a file other libraries load.
+
+  `write(path, flat_params)` takes '/'-joined canonical names (extensions merged, the
+  classifier included); `filename` is the name a run gives the file in its workdir.
+  """
+
+  filename: str
+  write: Callable[[Any, dict[str, np.ndarray]], None]
+  layout: str   # what reads it, for messages and the README
+
+
+_EXPORTERS: dict[str, Exporter] = {}
+
+
+def register_exporter(family: str, exporter_: Exporter) -> None:
+  """Registers the canonical-params -> file exporter of a model family."""
+  _EXPORTERS[family] = exporter_
+
+
+def exporter(family: str) -> Exporter:
+  if family not in _EXPORTERS:
+    raise CheckpointError(f"no merged-checkpoint exporter for model family {family!r}")
+  return _EXPORTERS[family]
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -237,4 +269,7 @@ def _convert_vit(path: Path, *, template: dict, model: nn.Module,
 
 
 register_converter("vit", _convert_vit)
+register_exporter("vit", Exporter(
+    "merged.npz", lambda path, params: write_npz(path, vit_npz.to_vit_jax(params)),
+    "vit_jax .npz (timm `_load_weights`, big_vision, heat_jax)"))
 from heat_jax.checkpoints import swin_timm  # noqa: E402,F401

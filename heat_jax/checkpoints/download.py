@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from absl import logging
 from tqdm import tqdm
 
 from heat_jax.checkpoints.registry import CheckpointInfo
@@ -37,6 +38,7 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
     raise DownloadError(f"{dest.name} is not cached and HEAT_JAX_OFFLINE is set; "
                         f"download {url} by hand and put it at {dest}")
   timeout = timeout or float(os.environ.get("HEAT_JAX_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S))
+  logging.info(f"downloading {url} to {dest}")
   try:
     with urllib.request.urlopen(url, timeout=timeout) as response:
       total = int(response.headers.get("Content-Length") or 0) or None
@@ -107,6 +109,7 @@ def hub_download(repo: str, filename: str, *, revision: str = "main",
   offline = next((v for v in ("HF_HUB_OFFLINE", "HEAT_JAX_OFFLINE") if _env_true(v)), None)
   hand = f"download {url} by hand and put it at {by_hand}"
   timeout = float(os.environ.get("HEAT_JAX_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S))
+  logging.info(f"{filename} of {repo} from the Hugging Face Hub (cache: reused when present)")
   try:
     path = hf_hub_download(repo, filename, revision=revision, endpoint=endpoint,
                            cache_dir=os.environ.get("HF_HUB_CACHE") or None,

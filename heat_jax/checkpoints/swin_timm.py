@@ -8,6 +8,11 @@ merging at the start of stage s >= 1). Handled here:
   * buffers (`relative_position_index`, `attn_mask`) skipped, the classifier dropped;
   * relative position bias tables resized when the model's window differs.
 
+`to_timm` is the way back: canonical parameters (extensions merged) -> a state dict
+that `timm`'s `SwinTransformer.load_state_dict` takes as is (`write_timm_safetensors`:
+`merged.safetensors` of a Swin run). Buffers are not written: current timm registers
+`relative_position_index` and `attn_mask` as non-persistent and recomputes them.
+
 Table resizing: `bicubic` (the default; Microsoft's fine-tuning code, torch
 `F.interpolate(mode='bicubic', align_corners=False)`), `bilinear`, or `geometric`
 (what current timm's `checkpoint_filter_fn` does: piecewise-linear interpolation on
@@ -26,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from heat_jax import resize
-from heat_jax.checkpoints import register_converter
+from heat_jax.checkpoints import Exporter, register_converter, register_exporter
 from heat_jax.checkpoints.registry import CheckpointInfo, register_checkpoint
 from heat_jax.errors import CheckpointError
+from heat_jax.io_utils import atomic_open
 
 TABLE = "relative_position_bias_table"
 TABLE_METHODS = ("bicubic", "bilinear", "geometric")
@@ -267,6 +273,69 @@ def _convert_swin(path: Path, *, template: dict, model: Any, image_hw: tuple[int
 
 
 register_converter("swin", _convert_swin)
+
+
+# ----------------------------------------------------------------------------- exporting
+
+def _timm_module(path: str) -> str:
+  return re.sub(r"(layers|blocks)_(\d+)", r"\1.\2", path).replace("/", ".")
+
+
+def to_timm(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The inverse of `to_canonical` (timm layout) for a flat plain Swin parameter dict.
+
+  Per-head query/key/value kernels [C, H, hd] fuse into `qkv.weight` [3 H hd, C] (row
+  p H hd + h hd + d = part p, head h, channel d, as timm splits it); the out kernel
+  [H, hd, C] becomes `proj.weight` [C, H hd]; the classifier becomes `head.fc`.
+  """
+  flat = {k: np.asarray(v, np.float32) for k, v in params.items()}
+  out: dict[str, np.ndarray] = {}
+  done: set[str] = set()
+  for key in sorted(flat):
+    if key in done:
+      continue
+    path, _, leaf = key.rpartition("/")
+    value = flat[key]
+    if path.endswith("/attn/query") or path.endswith("/attn/key") or path.endswith("/attn/value"):
+      attn = path.rpartition("/")[0]
+      parts = [flat[f"{attn}/{p}/{leaf}"] for p in ("query", "key", "value")]
+      done.update(f"{attn}/{p}/{leaf}" for p in ("query", "key", "value"))
+      name = f"{_timm_module(attn)}.qkv"
+      if leaf == "kernel":   # 3 x [C, H, hd] -> [C, 3, H, hd] -> [3 H hd, C]
+        out[f"{name}.weight"] = np.stack(parts, 1).reshape(parts[0].shape[0], -1).T
+      else:                  # 3 x [H, hd] -> [3 H hd]
+        out[f"{name}.bias"] = np.stack(parts).reshape(-1)
+      continue
+    name = "head.fc" if path == "head" else _timm_module(path)
+    if path.endswith("/attn/out") and leaf == "kernel":   # [H, hd, C] -> [C, H hd]
+      out[f"{_timm_module(path[:-len('/out')])}.proj.weight"] = value.reshape(-1, value.shape[-1]).T
+    elif path.endswith("/attn/out"):
+      out[f"{_timm_module(path[:-len('/out')])}.proj.bias"] = value
+    elif leaf == TABLE:
+      out[f"{name}.{TABLE}"] = value
+    elif leaf == "kernel" and value.ndim == 4:   # conv (kh, kw, I, O) -> (O, I, kh, kw)
+      out[f"{name}.weight"] = value.transpose(3, 2, 0, 1)
+    elif leaf == "kernel" and value.ndim == 2:   # Dense (in, out) -> Linear (out, in)
+      out[f"{name}.weight"] = value.T
+    elif leaf == "scale":
+      out[f"{name}.weight"] = value
+    elif leaf == "bias":
+      out[f"{name}.bias"] = value
+    else:
+      raise CheckpointError(f"cannot export parameter {key} in timm's Swin layout (merge "
+                            "the method's extensions first)")
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def write_timm_safetensors(path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+  """Writes `to_timm(params)` as `.safetensors`, atomically."""
+  from safetensors.numpy import save
+  with atomic_open(path, "wb") as f:
+    f.write(save(to_timm(params), metadata={"format": "pt"}))
+
+
+register_exporter("swin", Exporter("merged.safetensors", write_timm_safetensors,
+                                   "timm SwinTransformer state dict (.safetensors)"))
 
 
 # ----------------------------------------------------------------------------- names

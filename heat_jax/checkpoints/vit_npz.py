@@ -126,3 +126,19 @@ def convert(arrays: dict[str, np.ndarray], template: dict[str, tuple[int, ...]],
     for k in ("pre_logits/kernel", "pre_logits/bias"):
       out.pop(k, None)
   return out, facts
+
+
+def to_vit_jax(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """vit_jax on-disk arrays (pre-Linen block names) of a flat plain ViT parameter dict.
+
+  The inverse of `convert` for a vit_jax file at the model's own grid; every array is
+  a writable float32 copy (host copies of device arrays are read-only).
+  """
+  out = {}
+  for key, value in params.items():
+    parts = key.split("/")
+    if len(parts) > 2 and parts[1].startswith("encoderblock_"):
+      parts[2] = LINEN_TO_PRE_LINEN.get(parts[2], parts[2])
+    out["/".join(parts)] = np.array(value, np.float32)
+  return out
+

@@ -3,6 +3,10 @@
 A batch is a dict of numpy arrays: `image` float32 [B, H, W, 3] (already resized and
 normalised), `label` int32 [B] and `mask` float32 [B] (0 for padding rows, so that
 evaluation counts every example exactly once).
+
+In a multi-process run every process asks for its `rows` of each global batch (see
+`heat_jax.distributed.local_rows`) and only those examples are decoded; the global
+batches themselves (order, padding) are the same in every process.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ class Split(Protocol):
   num_examples: int
 
   def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-              epoch: int = 0, drop_remainder: bool = False,
-              pad: bool = False) -> Iterator[Batch]:
-    """Yields batches; `pad` fills the last batch to `batch_size` with mask 0."""
+              epoch: int = 0, drop_remainder: bool = False, pad: bool = False,
+              rows: Optional[np.ndarray] = None) -> Iterator[Batch]:
+    """Yields batches; `pad` fills the last batch to `batch_size` with mask 0.
+
+    `rows` (positions in each global batch, e.g. one process's share) yields only those
+    rows of every batch; needs `pad` or `drop_remainder` so that all shares are full.
+    """
     ...
 
 
@@ -41,6 +49,22 @@ def batch_indices(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: i
   stop = (n // batch_size) * batch_size if drop_remainder else n
   for start in range(0, stop, batch_size):
     yield order[start:start + batch_size]
+
+
+def select_rows(idx: np.ndarray, batch_size: int, rows: Optional[np.ndarray],
+                pad: bool) -> tuple[np.ndarray, int]:
+  """(example indices, batch length) of the `rows` positions of one global batch.
+
+  Padding positions (past the real examples of a short last batch) come last in every
+  share, so the share is its real examples padded to `len(rows)`.
+  """
+  if rows is None:
+    return idx, batch_size
+  if len(idx) < batch_size and not pad:
+    raise ValueError("a share (rows) of a short last batch needs pad=True or "
+                     "drop_remainder=True")
+  rows = np.asarray(rows)
+  return idx[rows[rows < len(idx)]], len(rows)
 
 
 def pad_batch(batch: Batch, batch_size: int) -> Batch:
@@ -86,16 +110,21 @@ class ArraySplit:
     return len(self.labels)
 
   def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-              epoch: int = 0, drop_remainder: bool = False,
-              pad: bool = False) -> Iterator[Batch]:
+              epoch: int = 0, drop_remainder: bool = False, pad: bool = False,
+              rows: Optional[np.ndarray] = None) -> Iterator[Batch]:
     for idx in batch_indices(self.num_examples, batch_size, shuffle=shuffle, seed=seed,
                              epoch=epoch, drop_remainder=drop_remainder):
-      yield make_batch(self.images[idx], self.labels[idx], self.normalize, batch_size, pad)
+      idx, size = select_rows(idx, batch_size, rows, pad)
+      yield make_batch(self.images[idx], self.labels[idx], self.normalize, size, pad)
 
 
 @dataclasses.dataclass
 class Task:
-  """A classification task: train / optional val / test splits and metadata."""
+  """A classification task: train / optional val / test splits and metadata.
+
+  `info['class_names']`, when a source knows them (class folders, TFDS ClassLabel
+  names, synthetic tasks), names label i; `class_names()` falls back to indices.
+  """
 
   name: str
   num_classes: int
@@ -103,3 +132,10 @@ class Task:
   test: Split
   val: Optional[Split] = None
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def class_names(self) -> list[str]:
+    """Label i's name: the source's names when it has one per class, else str(i)."""
+    names = self.info.get("class_names")
+    if names is not None and len(names) == self.num_classes:
+      return [str(n) for n in names]
+    return [str(i) for i in range(self.num_classes)]

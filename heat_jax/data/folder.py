@@ -89,6 +89,14 @@ def _is_image(path: Path) -> bool:
   return _visible(path) and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_files(root: str | Path) -> list[str]:
+  """Every visible .jpg/.jpeg/.png under `root` (recursively), sorted by path."""
+  root = Path(root)
+  return sorted(str(f) for f in root.rglob("*")
+                if _is_image(f) and all(_visible(p) for p in f.relative_to(root).parents
+                                        if p != Path(".")))
+
+
 def _class_dirs(split_dir: Path) -> list[Path]:
   return sorted(p for p in split_dir.iterdir() if p.is_dir() and _visible(p))
 
@@ -245,12 +253,17 @@ def _decode_error(path: str) -> Optional[str]:
   return None
 
 
+def unreadable(paths: list[str], workers: Optional[int] = None) -> list[tuple[str, str]]:
+  """[(path, why)] of the images that PIL cannot decode, in the order given."""
+  workers = default_workers() if workers is None else workers
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    return [(p, e) for p, e in zip(paths, pool.map(_decode_error, paths)) if e]
+
+
 def check_decodable(entries: Entries, expr: str, workers: Optional[int] = None) -> None:
   """Decodes every image once; DataError naming the first that fails (and how many)."""
   paths = list(dict.fromkeys(p for p, _ in entries))
-  workers = default_workers() if workers is None else workers
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    errors = [(p, e) for p, e in zip(paths, pool.map(_decode_error, paths)) if e]
+  errors = unreadable(paths, workers)
   if errors:
     path, why = errors[0]
     raise DataError(f"split {expr!r}: {len(errors)} of {len(paths)} images cannot be read, "
@@ -316,6 +329,7 @@ def _build_folder_task(data_config: Any, *, image_size: int, value_range: str) -
       name=task_name, num_classes=num_classes, train=made["train"], test=made["test"],
       val=made.get("val"),
       info={"source": "folder", "folder_root": str(dataset.root), "classes": classes,
+            "class_names": classes or None,
             "splits": {r: splits[r] for r in made},
             "num_examples": {r: s.num_examples for r, s in made.items()},
             "value_range": value_range, "resize_method": method})

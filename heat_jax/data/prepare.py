@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 from absl import flags, logging
 
-from heat_jax.data import absl_cli
+from heat_jax import absl_cli
 from heat_jax.data.tfds_source import (_first_line, check_data_dir, not_found_reason,
                                        raise_open_file_limit, resolve_data_dir)
 from heat_jax.data.vtab_tasks import ALIASES, MANUAL_INSTRUCTIONS, TASK_NAMES, TASKS
@@ -104,15 +104,15 @@ def prepare_one(label: str, tfds_name: str, data_dir: str, manual_dir: str) -> N
   import tensorflow_datasets as tfds
   builder = tfds.builder(tfds_name, data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
-    print(f"{label}: {tfds_name} already prepared in {builder.data_dir}")
+    logging.info(f"{label}: {tfds_name} already prepared in {builder.data_dir}")
     return
   if label in MANUAL_INSTRUCTIONS and not manual_dir:   # label: already alias-resolved
-    print(f"{label}: needs a manual download: {MANUAL_INSTRUCTIONS[label]} "
+    logging.warning(f"{label}: needs a manual download: {MANUAL_INSTRUCTIONS[label]} "
           f"(default manual_dir: {data_dir}/downloads/manual, or pass --manual_dir)")
   config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
-  print(f"{label}: preparing {tfds_name} in {data_dir} (array_record)")
+  logging.info(f"{label}: preparing {tfds_name} in {data_dir} (array_record)")
   builder.download_and_prepare(download_config=config, file_format="array_record")
-  print(f"{label}: done, {builder.data_dir}")
+  logging.info(f"{label}: done, {builder.data_dir}")
 
 
 def print_tasks() -> None:

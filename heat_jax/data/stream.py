@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from heat_jax.data.base import ArraySplit, Batch, batch_indices, make_batch
+from heat_jax.data.base import ArraySplit, Batch, batch_indices, make_batch, select_rows
 from heat_jax.errors import DataError
 
 Loader = Callable[[int], tuple[np.ndarray, int]]
@@ -66,10 +66,14 @@ class StreamSplit:
     self.prefetch = max(1, prefetch)
 
   def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-              epoch: int = 0, drop_remainder: bool = False,
-              pad: bool = False) -> Iterator[Batch]:
-    order = batch_indices(self.num_examples, batch_size, shuffle=shuffle, seed=seed,
-                          epoch=epoch, drop_remainder=drop_remainder)
+              epoch: int = 0, drop_remainder: bool = False, pad: bool = False,
+              rows: Optional[np.ndarray] = None) -> Iterator[Batch]:
+    # With `rows` only this process's share of every batch is decoded.
+    order = (select_rows(idx, batch_size, rows, pad)[0]
+             for idx in batch_indices(self.num_examples, batch_size, shuffle=shuffle,
+                                      seed=seed, epoch=epoch,
+                                      drop_remainder=drop_remainder))
+    batch_size = batch_size if rows is None else len(rows)
     if self.workers <= 0:
       for idx in order:
         yield self._batch(idx, *_load_many(self.load, idx, None), batch_size, pad)
@@ -92,7 +96,14 @@ class StreamSplit:
   def _batch(self, idx: np.ndarray, images: np.ndarray, labels: np.ndarray,
              batch_size: int, pad: bool) -> Batch:
     check_labels(labels, self.num_classes, self.name, idx)
+    if not len(idx):  # a process's share of a short last batch can be all padding
+      images = np.zeros((0, *self._image_shape()), np.uint8)
     return make_batch(images, labels, self.normalize, batch_size, pad)
+
+  def _image_shape(self) -> tuple[int, ...]:
+    if not hasattr(self, "_shape"):
+      self._shape = tuple(np.shape(self.load(0)[0]))
+    return self._shape
 
 
 def load_in_memory(name: str, num_examples: int, load: Loader, normalize: Normalizer, *,

@@ -486,6 +486,19 @@ TRAIN_SPLITS = ("train800val200", "train800")
 STREAMS = {"train800": 0, "val200": 1, "test": 2}
 
 
+def class_names(name: str) -> Optional[list[str]]:
+  """Label names of a downstream task (None: the pre-training tasks keep indices)."""
+  names = {
+      "sprite_x": [f"x bin {i} (left to right)" for i in range(8)],
+      "sprite_orientation": [f"{45 * i}-{45 * (i + 1)} deg" for i in range(8)],
+      "count": [f"{c} objects" for c in range(COUNT_RANGE[0], COUNT_RANGE[1] + 1)],
+      "texture": [f"{p} {f:g} cycles" for p in TEXTURE_PATTERNS for f in TEXTURE_FREQUENCIES],
+      "digits": [str(d) for d in range(10)],
+  }.get(name)
+  assert names is None or len(names) == num_classes(name)
+  return names
+
+
 def num_classes(name: str) -> int:
   """Number of classes of a synthetic task."""
   return GENERATORS[_check_name(name)][1]
@@ -634,7 +647,8 @@ def make_task(name: str, *, seed: int, image_size: int, value_range: str,
           "train_split": train_split,
           "val_in_train": train_split == "train800val200" and num_val > 0,
           "split_sizes": {s: sp.num_examples for s, sp in splits.items()},
-          "value_range": value_range, "resize_method": resize_method}
+          "value_range": value_range, "resize_method": resize_method,
+          "class_names": class_names(name)}
   return Task(name=f"synthetic/{name}", num_classes=k, train=train, test=splits["test"],
               val=splits["val200"] if num_val else None, info=info)
 
@@ -731,5 +745,5 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-  from heat_jax.data import absl_cli
+  from heat_jax import absl_cli
   absl_cli.run(main, _define_flags)

@@ -8,11 +8,11 @@ Nothing is ever downloaded here: a dataset that is not prepared raises a one-lin
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 from heat_jax.data import register_source
 from heat_jax.data.base import Task
@@ -217,6 +217,15 @@ def _num_classes(data_config: Any, info: Any) -> int:
   return configured or int(known)
 
 
+def _class_names(data_config: Any, info: Any) -> Optional[list[str]]:
+  """The ClassLabel names of the `label` feature (None for derived labels)."""
+  features = getattr(info, "features", None)
+  if data_config.label_fn != "label" or features is None or "label" not in features:
+    return None
+  names = getattr(features["label"], "names", None)
+  return [str(n) for n in names] if names else None
+
+
 def build_tfds_task(data_config: Any, *, image_size: int, value_range: str) -> Task:
   """Builds a `Task` from a prepared TFDS dataset (`config.data.source = 'tfds'`)."""
   task_name = ALIASES.get(data_config.task, data_config.task)
@@ -266,6 +275,7 @@ def build_tfds_task(data_config: Any, *, image_size: int, value_range: str) -> T
             "splits": splits,
             "num_examples": {r: s.num_examples for r, s in made.items()},
             "label_fn": data_config.label_fn, "group": vt.group if vt else "",
+            "class_names": _class_names(data_config, info),
             "value_range": value_range, "resize_method": method})
 
 

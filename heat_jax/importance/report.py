@@ -10,14 +10,14 @@ set is complete):
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from heat_jax.io_utils import atomic_open, write_json, write_npy
+from heat_jax.io_utils import as_path, atomic_open, write_json, write_npy
 from heat_jax.importance.selection import top_order
 from heat_jax.models.registry import HeadLayout
 
@@ -47,7 +47,7 @@ def _check(scores: np.ndarray, selected: np.ndarray, valid: np.ndarray) -> None:
 
 def save_importance(workdir: str | os.PathLike, scores: np.ndarray, selected: np.ndarray, *,
                     layout: HeadLayout, meta: Optional[Mapping[str, Any]] = None
-                    ) -> dict[str, Path]:
+                    ) -> dict[str, os.PathLike]:
   """Writes importance.npy, heads.npy and importance.json; returns their paths."""
   scores = np.asarray(scores, np.float64)
   selected = np.asarray(selected, bool)
@@ -81,7 +81,7 @@ def save_importance(workdir: str | os.PathLike, scores: np.ndarray, selected: np
       "num_selected": int(selected.sum()),
       "layers": per_layer,
   }
-  workdir = Path(workdir)
+  workdir = as_path(workdir)   # local or gs://
   paths = {"scores": workdir / SCORES_FILE, "heads": workdir / HEADS_FILE,
            "json": workdir / JSON_FILE}
   write_npy(paths["scores"], scores)
@@ -92,9 +92,9 @@ def save_importance(workdir: str | os.PathLike, scores: np.ndarray, selected: np
 
 def load_importance(workdir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
   """(scores, selected, info) as written by `save_importance`."""
-  workdir = Path(workdir)
-  scores = np.load(workdir / SCORES_FILE, allow_pickle=False)
-  selected = np.load(workdir / HEADS_FILE, allow_pickle=False)
+  workdir = as_path(workdir)
+  scores = np.load(io.BytesIO((workdir / SCORES_FILE).read_bytes()), allow_pickle=False)
+  selected = np.load(io.BytesIO((workdir / HEADS_FILE).read_bytes()), allow_pickle=False)
   info = json.loads((workdir / JSON_FILE).read_text())
   return scores, selected, info
 
@@ -102,7 +102,7 @@ def load_importance(workdir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray,
 def plot_importance(path: str | os.PathLike, scores: np.ndarray,
                     selected: Optional[np.ndarray] = None,
                     valid: Optional[np.ndarray] = None, *,
-                    title: Optional[str] = None, cmap: str = "viridis") -> Path:
+                    title: Optional[str] = None, cmap: str = "viridis") -> os.PathLike:
   """Draws a layers x heads heatmap PNG; selected heads boxed, absent heads grey."""
   import matplotlib
   from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -136,7 +136,7 @@ def plot_importance(path: str | os.PathLike, scores: np.ndarray,
                 + ("; grey: no head" if not valid.all() else ""), fontsize=8)
   fig.colorbar(image, ax=ax, label="importance")
   fig.tight_layout()
-  path = Path(path)
-  with atomic_open(path, "wb") as f:
+  path = as_path(path)
+  with atomic_open(path, "wb") as f:   # a buffer uploaded once for gs:// paths
     fig.savefig(f, format="png")
   return path

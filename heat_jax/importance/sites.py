@@ -7,8 +7,9 @@ by the numbers in its path compared as integers (ViT `encoderblock_{i}`; Swin
 This module checks that each site has the per-head layout of
 `heat_jax.models.layers.MultiHeadAttention`:
 
-  query/key/value: kernel [hidden, heads, head_dim], bias [heads, head_dim]
+  query/key/value: kernel [hidden, heads, head_dim], bias [heads, head_dim] (optional)
   out:             kernel [heads, head_dim, hidden]
+  Swin only:       relative_position_bias_table [positions, heads] (column h: head h)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from heat_jax.models.attention_paths import attention_paths, get_subtree
 from heat_jax.models.registry import HeadLayout
 
 PROJECTIONS = ("query", "key", "value")
+BIAS_TABLE = "relative_position_bias_table"
 Path = tuple[str, ...]
 
 
@@ -31,6 +33,7 @@ class AttentionSite:
   num_heads: int
   head_dim: int
   has_bias: bool
+  has_table: bool = False   # a relative-position bias table with one column per head
 
   def leaf(self, *names: str) -> Path:
     """Path of a parameter below this site, e.g. `site.leaf('query', 'kernel')`."""
@@ -68,7 +71,11 @@ def _site_at(path: Path, node: Mapping[str, Any]) -> AttentionSite:
   has_bias = all(b is not None for b in biases)
   if has_bias and any(tuple(b.shape) != (heads, head_dim) for b in biases):
     raise ValueError(f"{where}: query/key/value biases are not [heads, head_dim]")
-  return AttentionSite(tuple(path), int(heads), int(head_dim), has_bias)
+  table = node.get(BIAS_TABLE)
+  if table is not None and (len(table.shape) != 2 or table.shape[1] != heads):
+    raise ValueError(f"{where}: {BIAS_TABLE} {tuple(table.shape)} is not [positions, "
+                     f"heads={heads}]")
+  return AttentionSite(tuple(path), int(heads), int(head_dim), has_bias, table is not None)
 
 
 def find_attention_sites(params: Mapping[str, Any]) -> list[AttentionSite]:

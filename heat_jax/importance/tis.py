@@ -2,7 +2,8 @@
 
 Strategies (see `shared/reference/heat.md`), for head h of layer l:
 
-  qkv   sum of |theta * dL/dtheta| over the head's q/k/v kernel and bias slices
+  qkv   sum of |theta * dL/dtheta| over the head's q/k/v kernel and bias slices (and,
+        on Swin, its column of the relative-position bias table)
   out   sum of |theta * dL/dtheta| over the out kernel slice W_o[h]
   head  qkv + out (default)
   gate  |dL/dxi[l, h]|, xi the head gate (exact first-order effect of removing the head)
@@ -11,7 +12,10 @@ Strategies (see `shared/reference/heat.md`), for head h of layer l:
 layers for one batch: a single gradient w.r.t. the gate array (`gate`) or w.r.t. only the
 attention parameters the strategy needs (the rest of the tree is held constant), followed
 by per-head reductions over the head axis. The Python loop over attention layers happens
-at trace time only. `compute_tis` averages the per-batch absolute scores over batches.
+at trace time only. `compute_tis` averages the per-batch absolute scores over batches,
+each batch weighted by its number of real (mask = 1) rows, and can divide every layer by
+its RMS (`normalize='layer'`); given a `mesh` (multi-device or multi-process), each batch
+is sharded over it along 'data' and every process gets the same scores.
 `ablation_scores` is the slow reference (one forward pass per removed head).
 """
 
@@ -28,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from heat_jax import distributed
 from heat_jax.errors import ConfigError, DataError
-from heat_jax.importance.sites import (PROJECTIONS, AttentionSite, check_sites,
+from heat_jax.importance.sites import (BIAS_TABLE, PROJECTIONS, AttentionSite, check_sites,
                                        find_attention_sites, unwrap_params)
 from heat_jax.losses import masked_cross_entropy
 from heat_jax.models.apply import apply_model
@@ -45,7 +50,9 @@ Step = Callable[[Params, Batch], Array]
 
 STRATEGIES = ("qkv", "out", "head", "gate")
 NORMALIZE = ("none", "layer")
-_PARAM_GROUPS = {"qkv": PROJECTIONS, "out": ("out",), "head": PROJECTIONS + ("out",)}
+# "table": Swin's relative-position bias column of the head (trains with the head).
+_PARAM_GROUPS = {"qkv": PROJECTIONS + ("table",), "out": ("out",),
+                 "head": PROJECTIONS + ("out", "table")}
 _CACHE: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _CACHE_SIZE = 16
 
@@ -82,14 +89,20 @@ def check_normalize(normalize: str) -> str:
 
 def normalize_scores(scores: np.ndarray, normalize: str = "none",
                      valid: Optional[np.ndarray] = None) -> np.ndarray:
-  """`'layer'`: divides every layer's row by its L2 norm (all-zero rows stay zero)."""
+  """`'layer'`: divides every layer's row by its RMS over the layer's heads.
+
+  RMS, not the L2 norm: after L2 normalisation a head of a 4-head layer scores
+  sqrt(8) times one of an equally flat 32-head layer (Swin stages), which would
+  favour layers with few heads in a global ranking. All-zero rows stay zero.
+  """
   check_normalize(normalize)
   scores = np.array(scores, dtype=np.float64)
-  if valid is not None:
-    scores[~np.asarray(valid, bool)] = 0.0
+  valid = np.ones(scores.shape, bool) if valid is None else np.asarray(valid, bool)
+  scores[~valid] = 0.0
   if normalize == "layer":
-    norms = np.linalg.norm(scores, axis=1, keepdims=True)
-    scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
+    counts = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+    rms = np.sqrt(np.sum(scores ** 2, axis=1, keepdims=True) / counts)
+    scores = np.divide(scores, rms, out=np.zeros_like(scores), where=rms > 0)
   return scores
 
 
@@ -103,6 +116,8 @@ def _batch_arrays(batch: Batch) -> tuple[Any, Any, Any]:
 
 def _num_real(batch: Batch) -> float:
   mask = batch.get("mask")
+  if isinstance(mask, jax.Array):  # a global batch: summed over every process's rows
+    return float(jnp.sum(mask))
   return float(len(batch["label"]) if mask is None else np.sum(np.asarray(mask)))
 
 
@@ -119,8 +134,23 @@ def _gated_loss(model: Any, loss_fn: LossFn, params: Params, model_state: Any, i
   return loss_fn(logits, label, mask)
 
 
+def _group_leaves(site: AttentionSite, group: str) -> list[tuple[str, ...]]:
+  """Parameter paths of one group ('query' / 'key' / 'value' / 'out' / 'table')."""
+  if group == "table":
+    return [site.leaf(BIAS_TABLE)] if site.has_table else []
+  if group == "out" or not site.has_bias:
+    return [site.leaf(group, "kernel")]
+  return [site.leaf(group, "kernel"), site.leaf(group, "bias")]
+
+
 def _per_head(site: AttentionSite, group: str, theta: dict, grad: dict) -> Array:
-  """[heads] sums of |theta * grad| over one projection's slices of each head."""
+  """[heads] sums of |theta * grad| over one group's slices of each head."""
+  if group == "table":  # [positions, heads]
+    if not site.has_table:
+      return jnp.zeros((site.num_heads,), jnp.float32)
+    key = site.leaf(BIAS_TABLE)
+    dtype = jnp.promote_types(theta[key].dtype, jnp.float32)
+    return jnp.sum(jnp.abs(theta[key].astype(dtype) * grad[key].astype(dtype)), axis=0)
   kernel = site.leaf(group, "kernel")
   dtype = jnp.promote_types(theta[kernel].dtype, jnp.float32)
   t = jnp.abs(theta[kernel].astype(dtype) * grad[kernel].astype(dtype))
@@ -165,12 +195,7 @@ def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Ste
 
     groups = _PARAM_GROUPS[strategy]
     flat = flax.traverse_util.flatten_dict(params)
-    keys = []
-    for site in sites:
-      for group in groups:
-        keys.append(site.leaf(group, "kernel"))
-        if group != "out" and site.has_bias:
-          keys.append(site.leaf(group, "bias"))
+    keys = [k for site in sites for group in groups for k in _group_leaves(site, group)]
     theta = {k: flat[k] for k in keys}
 
     def loss_attn(attn):
@@ -207,7 +232,8 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
                 strategy: str = "head", num_batches: Optional[int] = None,
                 normalize: str = "none", loss_fn: Optional[LossFn] = None,
                 progress: Optional[bool] = None,
-                model_state: Optional[Params] = None) -> np.ndarray:
+                model_state: Optional[Params] = None,
+                mesh: Optional[jax.sharding.Mesh] = None) -> np.ndarray:
   """Taylor-expansion importance of every head: float64 [layers, max_heads].
 
   Args:
@@ -217,39 +243,57 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
     batches: iterable of {image, label, mask} batches; batches with no real row are skipped.
     strategy: 'qkv' | 'out' | 'head' | 'gate'.
     num_batches: use the first `num_batches` batches (None or 0 = all).
-    normalize: 'none' | 'layer' (per-layer L2 normalisation, for global ranking).
+    normalize: 'none' | 'layer' (divide each layer by its RMS, for global ranking).
     loss_fn: `loss_fn(logits, labels, mask) -> scalar`; default
       `heat_jax.losses.masked_cross_entropy` (mean over mask == 1 rows).
     progress: tqdm bar (None = only on a terminal).
     model_state: the model's non-parameter collections (e.g. batch statistics).
+    mesh: a 1-D 'data' mesh (`heat_jax.distributed.make_mesh`) to shard every batch
+      over; parameters are replicated on it. In a multi-process run every process
+      calls this with its rows of each global batch
+      (`heat_jax.distributed.local_rows(batch_sharding(mesh), batch_size)`) and gets
+      the scores of the global batches. None: the default device.
 
   Returns:
-    The mean over batches of each batch's (absolute) scores.
+    The mean over batches of each batch's (absolute) scores, each batch weighted by
+    its number of real rows (a padded last batch with 3 real rows counts 3 / B).
   """
   check_strategy(strategy)
   check_normalize(normalize)
   layout = head_layout(model)
   step = make_tis_step(model, strategy, loss_fn=loss_fn)
-  params = jax.device_put(params)
-  model_state = jax.device_put(model_state or {})
+  if mesh is None:
+    params = jax.device_put(params)
+    model_state = jax.device_put(model_state or {})
+  else:
+    params = distributed.replicate(params, distributed.replicated(mesh))
+    model_state = distributed.replicate(model_state or {}, distributed.replicated(mesh))
   batches, total_batches = _take(batches, num_batches)
   total = np.zeros(layout.shape, np.float64)
-  count, pending = 0, None
+  weight, pending = 0.0, None
+  # None: a bar on terminals only; never in the non-primary processes.
+  disable = True if not distributed.is_primary() else (
+      None if progress is None else not progress)
   bar = tqdm(batches, total=total_batches, desc=f"TIS ({strategy})", unit="batch",
-             disable=None if progress is None else not progress, leave=False)
+             disable=disable, leave=False)
   for batch in bar:
-    if _num_real(batch) == 0:
+    if mesh is not None:  # one global batch from every process's rows
+      image, label, mask = _batch_arrays(batch)
+      batch = distributed.put_batch({"image": image, "label": label, "mask": mask},
+                                    distributed.batch_sharding(mesh))
+    real = _num_real(batch)  # with a mesh: the real rows of all processes
+    if real == 0:
       continue
     out = step(params, batch, model_state)  # dispatched; the previous one is fetched meanwhile
     if pending is not None:
-      total += np.asarray(pending, np.float64)
-    pending, count = out, count + 1
+      total += pending[1] * np.asarray(distributed.fetch(pending[0]), np.float64)
+    pending, weight = (out, real), weight + real
   if pending is not None:
-    total += np.asarray(pending, np.float64)
+    total += pending[1] * np.asarray(distributed.fetch(pending[0]), np.float64)
   bar.close()
-  if count == 0:
+  if weight == 0:
     raise DataError("importance scores need at least one batch with a real (mask = 1) row")
-  return normalize_scores(total / count, normalize, layout.valid)
+  return normalize_scores(total / weight, normalize, layout.valid)
 
 
 def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
@@ -259,7 +303,8 @@ def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
                     model_state: Optional[Params] = None) -> np.ndarray:
   """Reference (slow): loss(head gated to 0) - loss(plain model), float64 [layers, max_heads].
 
-  One jitted forward pass per head per batch; averaged over batches like `compute_tis`.
+  One jitted forward pass per head per batch; averaged over batches like `compute_tis`
+  (weighted by real rows, i.e. the loss change on the real examples).
   `heads` restricts the evaluation to a list of (layer, head) (others are NaN); absent
   heads of ragged layouts are 0. Used by tests and studies, never by training.
   """
@@ -285,12 +330,13 @@ def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
 
   batches, total_batches = _take(batches, num_batches)
   total = np.zeros(layout.shape, np.float64)
-  count = 0
+  weight = 0.0
   bar = tqdm(total=None if total_batches is None else total_batches * (len(heads) + 1),
              desc="head ablation", unit="fwd",
              disable=None if progress is None else not progress, leave=False)
   for batch in batches:
-    if _num_real(batch) == 0:
+    real = _num_real(batch)
+    if real == 0:
       continue
     arrays = jax.device_put(_batch_arrays(batch))
     base = float(loss(params, model_state, *arrays, ones))
@@ -298,14 +344,14 @@ def ablation_scores(model: Any, params: Params, batches: Iterable[Batch], *,
     for l, h in heads:
       gates = ones.copy()
       gates[l, h] = 0
-      total[l, h] += float(loss(params, model_state, *arrays, gates)) - base
+      total[l, h] += real * (float(loss(params, model_state, *arrays, gates)) - base)
       bar.update()
-    count += 1
+    weight += real
   bar.close()
-  if count == 0:
+  if weight == 0:
     raise DataError("ablation scores need at least one batch with a real (mask = 1) row")
   result = np.full(layout.shape, np.nan)
   result[~valid] = 0.0
   for lh in heads:
-    result[lh] = total[lh] / count
+    result[lh] = total[lh] / weight
   return result

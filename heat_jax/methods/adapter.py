@@ -84,6 +84,7 @@ class AdapterSpec(Extension):
 @register_method
 class AdapterMethod(Method):
   name = "adapter"
+  rank_field = "adapter.dim"
 
   @classmethod
   def default_config(cls) -> dict[str, ml_collections.ConfigDict]:

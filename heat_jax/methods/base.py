@@ -12,6 +12,8 @@ A method is one module that defines a `Method` subclass registered with
     `heat_jax.training.partition`); the engine chooses how to train it;
   * `trained_extensions()`: the extensions of the model that trains, once the mask is
     known (default: `extensions()`; Heart-LoRA adds its per-head mask);
+  * `initial_params(ctx)`: the parameters training starts from, once the mask is known
+    (default: the loaded ones; HEAT may start from its fitted linear-probe classifier);
   * `resume_state()` / `restore(state)`: what a resumed run must reuse (e.g. the HEAT
     selection); stored in the training checkpoint, never read from loose files.
 Merging into plain weights is the extensions' `merge`. Methods never rename pretrained
@@ -50,6 +52,8 @@ class Method:
   """Base class: trains the classifier head only (a linear probe)."""
 
   name: ClassVar[str] = "base"
+  # The config field a generic `rank` shortcut sets (e.g. configs/vtab.py:dtd,rank=4).
+  rank_field: ClassVar[Optional[str]] = None
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -82,6 +86,10 @@ class Method:
     """Adds the classifier head to a mask."""
     head = partition.mask_from_predicate(params, lambda k, _: partition.is_head(k))
     return partition.union(mask, head)
+
+  def initial_params(self, ctx: MethodContext) -> dict[str, Any]:
+    """The parameters training starts from (called after `trainable_mask`)."""
+    return ctx.params
 
   def resume_state(self) -> dict[str, Any]:
     """JSON-able state a resumed run must reuse instead of recomputing."""
@@ -116,8 +124,11 @@ def method_config_blocks() -> dict[str, ml_collections.ConfigDict]:
   return blocks
 
 
-def get_method(config: ml_collections.ConfigDict) -> Method:
-  name = config.method.name
+def method_class(name: str) -> type[Method]:
   if name not in _METHODS:
     raise ConfigError(f"config.method.name={name!r} is not one of {available_methods()}")
-  return _METHODS[name](config)
+  return _METHODS[name]
+
+
+def get_method(config: ml_collections.ConfigDict) -> Method:
+  return method_class(config.method.name)(config)

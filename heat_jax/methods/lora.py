@@ -141,6 +141,7 @@ def is_lora(path: str) -> bool:
 @register_method
 class Lora(Method):
   name = "lora"
+  rank_field = "lora.rank"
 
   @classmethod
   def default_config(cls) -> dict[str, ml_collections.ConfigDict]:

@@ -14,7 +14,8 @@ specs, and calls each of them at fixed points of its forward pass:
                                      extra tokens at index `start` (after the class token)
   head(host, features, tokens, num_classes, train)
                                      may replace the classifier: returns logits or None;
-                                     `tokens` holds every block's output
+                                     `tokens` holds every block's output and the input
+                                     images (side networks read both)
 
 `host` is the calling linen module: an extension creates its submodules and parameters
 inside it, under names of its own (`param_names`), so pretrained names never change.
@@ -55,11 +56,14 @@ class Tokens:
   ViT: blocks[i] is [B, T, D] laid out as [class token (num_prefix), extension tokens,
   patches]; the patches are the last grid[0] * grid[1] tokens. Swin: blocks[i] is
   [B, h_i * w_i, C_i] (no prefix; the grid changes between stages: `grids[i]`).
+  `images` is the model's input [B, H, W, 3] in the compute dtype (a side network
+  with a pixel stem, e.g. HST, reads it).
   """
 
   blocks: tuple[Array, ...]
   num_prefix: int
   grids: tuple[tuple[int, int], ...]
+  images: Optional[Array] = None
 
 
 class Extension:

@@ -46,7 +46,7 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
   Args:
     name: a registered name such as `ViT-B_16` or `Swin-B`.
     num_classes: size of the classifier head.
-    **overrides: any field of the module (image_size, drop_path_rate, lora, ...).
+    **overrides: any field of the module (image_size, drop_path_rate, extensions, ...).
   """
   _check_name(name)
   constructor, defaults = _MODELS[name]

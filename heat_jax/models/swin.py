@@ -319,7 +319,8 @@ class Swin(nn.Module):
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="norm")(x)
     x = jnp.mean(x, axis=(1, 2))
-    logits = hooks.head(self, x, Tokens(tuple(block_tokens), 0, tuple(grids)),
+    logits = hooks.head(self, x, Tokens(tuple(block_tokens), 0, tuple(grids),
+                                        images.astype(self.dtype)),
                         self.num_classes, train)
     if logits is None:
       head_init = (nn.initializers.zeros if self.head_init == "zeros"

@@ -145,7 +145,8 @@ class ViT(nn.Module):
       x = nn.Dense(self.representation_size, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="pre_logits")(x)
       x = jnp.tanh(x)
-    logits = hooks.head(self, x, Tokens(block_tokens, num_prefix, (grid,) * self.num_layers),
+    logits = hooks.head(self, x, Tokens(block_tokens, num_prefix, (grid,) * self.num_layers,
+                                        images.astype(self.dtype)),
                         self.num_classes, train)
     if logits is None:
       head_init = (nn.initializers.zeros if self.head_init == "zeros"

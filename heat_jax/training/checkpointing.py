@@ -4,6 +4,11 @@ Only the trainable tree, the model state (e.g. batch statistics), the optimizer 
 the step and the rng are saved (the frozen backbone is the pretrained file), plus a
 JSON `meta` item (config fingerprint, evaluation history, elapsed time, the method's
 resume state).
+
+In a multi-process run every process calls `save` / `restore` at the same points:
+Orbax coordinates them (process 0 finalises the step directory) and restores the
+arrays with the shardings of `like` (replicated over the global mesh). The directory
+must be one that every host sees.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from heat_jax.io_utils import is_remote
+
 
 class TrainCheckpointer:
   """Periodic saves and restore-latest for one workdir."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):
-    self.directory = os.path.abspath(directory)
+    # orbax takes bucket paths (gs://) as they are; abspath would mangle them.
+    self.directory = os.fspath(directory) if is_remote(directory) else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options,

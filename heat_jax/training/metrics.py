@@ -3,15 +3,25 @@
 TensorBoard event files are written whenever tensorboardX is installed
 (`pip install -e ".[tb]"`), whatever the config; `HEAT_JAX_NO_TENSORBOARD=1` turns them
 off. Both get the same scalars: the numeric values of each `write`, at its step.
+
+On a bucket workdir (gs://) objects cannot be appended to: metrics.jsonl is kept in
+memory and uploaded whole at each `flush` (the engine flushes at every checkpoint) and
+on `close`. tensorboardX writes gs:// event files itself when google-cloud-storage is
+installed; without it TensorBoard is skipped there, with a warning.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import numbers
 import os
 import time
-from typing import Any
+from typing import Any, Optional
+
+from absl import logging
+
+from heat_jax.io_utils import as_path, is_remote, write_text
 
 TB_SUBDIR = "tb"
 DISABLE_ENV = "HEAT_JAX_NO_TENSORBOARD"
@@ -22,13 +32,18 @@ class MetricWriter:
 
   def __init__(self, workdir: str, *, resume_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        keep = [line for line in f if line.strip() and
-                json.loads(line).get("step", 0) <= resume_step]
+    keep = []
+    if as_path(self.path).exists():
+      keep = [line + "\n" for line in as_path(self.path).read_text().splitlines()
+              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+    self._lines: Optional[list[str]] = None
+    if is_remote(self.path):
+      self._lines = keep
+      self._file = None
+    else:
       with open(self.path, "w") as f:
         f.writelines(keep)
-    self._file = open(self.path, "a")
+      self._file = open(self.path, "a")
     self._tb = tensorboard_writer(os.path.join(workdir, TB_SUBDIR), resume_step=resume_step)
 
   @property
@@ -37,15 +52,29 @@ class MetricWriter:
     return self._tb is not None
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
-    self._file.write(json.dumps({"step": int(step), **metrics}) + "\n")
-    self._file.flush()
+    line = json.dumps({"step": int(step), **metrics}) + "\n"
+    if self._lines is not None:
+      self._lines.append(line)
+    else:
+      self._file.write(line)
+      self._file.flush()
     if self._tb is not None:
       for k, v in metrics.items():
         if isinstance(v, numbers.Real):
           self._tb.add_scalar(k, float(v), int(step))
 
+  def flush(self) -> None:
+    """Makes the lines so far visible in the file (a no-op locally: lines are flushed)."""
+    if self._lines is not None:
+      write_text(self.path, "".join(self._lines))
+    if self._tb is not None:
+      self._tb.flush()
+
   def close(self) -> None:
-    self._file.close()
+    if self._lines is not None:
+      self.flush()
+    else:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -69,8 +98,35 @@ def tensorboard_writer(logdir: str, *, resume_step: int = 0):
   """
   if not tensorboard_enabled():
     return None
+  if is_remote(logdir) and not _has_gcs_client():
+    logging.warning(f"no TensorBoard events in {logdir}: tensorboardX writes to buckets "
+                    "with google-cloud-storage (pip install google-cloud-storage)")
+    return None
   from tensorboardX import SummaryWriter
   # File names carry the time in whole seconds only: a second writer within the same
   # second would overwrite the first file. The suffix keeps names unique and in order.
   return SummaryWriter(logdir, purge_step=resume_step + 1,
                        filename_suffix=f".{time.time_ns()}")
+
+
+class NullWriter:
+  """A MetricWriter that writes nothing (the non-primary processes of a multi-process run)."""
+
+  tensorboard = False
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    del step, metrics
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def _has_gcs_client() -> bool:
+  try:
+    return importlib.util.find_spec("google.cloud.storage") is not None
+  except ModuleNotFoundError:   # no `google` package at all
+    return False
+

@@ -3,9 +3,11 @@
 `Trainer` owns the train state {step, params (trainable tree), model_state (mutable
 collections such as `batch_stats`), opt_state, rng}; the frozen tree is an argument of
 the step (never a compiled-in constant, never differentiated). Batches are sharded over
-a `jax.sharding.Mesh` of all local devices along 'data'; parameters and model state are
-replicated; XLA inserts the gradient all-reduce. Evaluation gets a predict function
-from here (`heat_jax.evaluation` imports nothing from training).
+a `jax.sharding.Mesh` of all devices (of all processes, see `heat_jax.distributed`)
+along 'data'; parameters and model state are replicated; XLA inserts the gradient
+all-reduce. Each process passes only its rows of a batch (`local_rows`) to `put_batch`.
+Evaluation gets a predict function from here (`heat_jax.evaluation` imports nothing
+from training).
 
 Cost follows the mask (`partition.Partition`): a mask that selects heads makes only
 those heads' slices trainable arrays, and the attention computes their projections in
@@ -29,7 +31,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from heat_jax import losses
+from heat_jax import distributed, losses
 from heat_jax.evaluation import evaluate, make_eval_step
 from heat_jax.models.apply import apply_model
 from heat_jax.models.attention_paths import ATTENTION_CHILDREN, attention_paths
@@ -39,10 +41,8 @@ State = dict[str, Any]
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over all local devices, axis 'data' (classic sharding propagation)."""
-  devices = jax.local_devices()
-  return jax.make_mesh((len(devices),), ("data",), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  """A 1-D mesh over all devices of all processes, axis 'data' (classic propagation)."""
+  return distributed.make_mesh()
 
 
 def compiler_options(mesh: jax.sharding.Mesh) -> Optional[dict]:
@@ -88,28 +88,31 @@ class Trainer:
     self.mesh = make_mesh()
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
-    self.frozen = jax.device_put(frozen, self.replicated)
+    self.frozen = distributed.replicate(frozen, self.replicated)
     self._init_trainable = trainable
     self._train_step = jax.jit(self._step, donate_argnums=(0,),
                                compiler_options=compiler_options(self.mesh))
     self._eval_step = make_eval_step(self.predict)
 
   def initial_state(self) -> State:
-    trainable = jax.device_put(self._init_trainable, self.replicated)
+    # Built in this process, then replicated over the (possibly multi-process) mesh.
+    trainable = self._init_trainable
     rng = jax.random.key_data(jax.random.key(self.seed))
     state = {"step": jnp.zeros((), jnp.int32), "params": trainable,
              "model_state": dict(self.model_state or {}),
              "opt_state": self.tx.init(trainable), "rng": rng}
-    return jax.device_put(state, self.replicated)
+    return distributed.replicate(state, self.replicated)
+
+  def local_rows(self, batch_size: int) -> np.ndarray:
+    """Positions of a global batch that this process loads (all rows in one process)."""
+    return distributed.local_rows(self.data_sharding, batch_size)
 
   def put_batch(self, batch: dict) -> dict:
-    n = len(self.mesh.devices.flat)
+    """The global batch from this process's rows (`local_rows`) of it."""
+    n = len(self.mesh.local_devices)
     if len(batch["label"]) % n:
       raise ValueError(f"batch of {len(batch['label'])} is not divisible by {n} devices")
-    if len(batch["label"]) % self.accum_steps:
-      raise ValueError(f"batch of {len(batch['label'])} is not divisible into "
-                       f"{self.accum_steps} micro-batches")
-    return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, self.data_sharding)
+    return distributed.put_batch(batch, self.data_sharding)
 
   def _step(self, state: State, frozen: Any, batch: dict) -> tuple[State, dict]:
     rng = jax.random.wrap_key_data(state["rng"])
@@ -189,15 +192,15 @@ class Trainer:
 
   def evaluate(self, state: State, split, batch_size: int) -> dict[str, float]:
     return evaluate(self._eval_step, self.eval_args(state), split, batch_size,
-                    put_batch=self.put_batch)
+                    put_batch=self.put_batch, rows=self.local_rows(batch_size))
 
   def full_params(self, state: State) -> dict:
     """The complete parameter tree (host numpy) for the current state."""
-    return jax.device_get(self.partition.merge(state["params"], self.frozen))
+    return distributed.fetch(self.partition.merge(state["params"], self.frozen))
 
   def full_model_state(self, state: State) -> dict:
     """The model state (host numpy) of the current state."""
-    return jax.device_get(state["model_state"])
+    return distributed.fetch(state["model_state"])
 
 
 def attention_kernels(params: dict) -> list[str]:
@@ -206,10 +209,11 @@ def attention_kernels(params: dict) -> list[str]:
           for name in ATTENTION_CHILDREN]
 
 
-def epoch_batches(split, batch_size: int, *, seed: int, epoch: int, skip: int = 0
-                  ) -> Iterator[dict]:
-  """Shuffled, drop-remainder training batches of one epoch, skipping the first `skip`."""
+def epoch_batches(split, batch_size: int, *, seed: int, epoch: int, skip: int = 0,
+                  rows: Optional[np.ndarray] = None) -> Iterator[dict]:
+  """Shuffled, drop-remainder training batches of one epoch, skipping the first `skip`;
+  `rows`: only this process's share of each batch (`Trainer.local_rows`)."""
   for i, batch in enumerate(split.batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                          drop_remainder=True)):
+                                          drop_remainder=True, rows=rows)):
     if i >= skip:
       yield batch
