@@ -65,7 +65,7 @@ def comparable(results: dict) -> dict:
   """results.json without timings and the resume provenance flag."""
   out = {k: v for k, v in results.items() if k not in TIMINGS}
   out["method_info"] = {k: v for k, v in results["method_info"].items()
-                        if k not in ("tis_seconds", "selection_restored")}
+                        if not k.endswith("_seconds") and k != "selection_restored"}
   return out
 
 
