@@ -348,7 +348,7 @@ def _resume_point(config: ml_collections.ConfigDict, workdir: str, method: Metho
       f"{counts[0]:,} ({counts[1]:,} without the classifier) of {counts[2]:,}")
   trainer = Trainer(model, params, mask, config.optim, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, seed=config.seed,
-                    model_state=model_state, accum_steps=t.accum_steps)
+                    model_state=model_state, accum_steps=config.train.accum_steps)
   state = trainer.initial_state()
   start = Start.FRESH
   if latest is not None:
