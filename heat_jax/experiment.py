@@ -162,8 +162,8 @@ def validate(config: ml_collections.ConfigDict) -> Method:
   if t.batch_size < 1 or t.eval_batch_size < 1:
     raise ConfigError("config.train.batch_size and eval_batch_size must be >= 1")
   n_dev = jax.device_count()  # every device of every process holds a part of a batch
+  where = "" if jax.process_count() == 1 else f" of the {jax.process_count()} processes"
   if t.batch_size % n_dev or t.eval_batch_size % n_dev:
-    where = "" if jax.process_count() == 1 else f" of the {jax.process_count()} processes"
     raise ConfigError(f"batch sizes ({t.batch_size}, {t.eval_batch_size}) must be "
                       f"divisible by the {n_dev} devices{where}")
   if t.accum_steps < 1 or t.batch_size % (t.accum_steps * n_dev):
