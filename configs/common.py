@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 100
   c.train.batch_size = 64
+  c.train.accum_steps = 1               # micro-batches per step (batch_size / k each)
   c.train.eval_batch_size = 256
   c.train.max_steps = 0                 # > 0 caps the run (smoke tests)
   c.train.bf16 = False

@@ -162,10 +162,14 @@ def validate(config: ml_collections.ConfigDict) -> Method:
   if t.batch_size < 1 or t.eval_batch_size < 1:
     raise ConfigError("config.train.batch_size and eval_batch_size must be >= 1")
   n_dev = jax.device_count()  # every device of every process holds a part of a batch
+  where = "" if jax.process_count() == 1 else f" of the {jax.process_count()} processes"
   if t.batch_size % n_dev or t.eval_batch_size % n_dev:
-    where = "" if jax.process_count() == 1 else f" of the {jax.process_count()} processes"
     raise ConfigError(f"batch sizes ({t.batch_size}, {t.eval_batch_size}) must be "
                       f"divisible by the {n_dev} devices{where}")
+  if t.accum_steps < 1 or t.batch_size % (t.accum_steps * n_dev):
+    raise ConfigError(f"config.train.accum_steps={t.accum_steps} must be >= 1 and divide "
+                      f"config.train.batch_size={t.batch_size} into micro-batches that "
+                      f"split evenly over the {n_dev} devices{where}")
   if t.epochs < 1:
     raise ConfigError(f"config.train.epochs must be >= 1, got {t.epochs}")
   for name in ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps"):
@@ -344,7 +348,7 @@ def _resume_point(config: ml_collections.ConfigDict, workdir: str, method: Metho
       f"{counts[0]:,} ({counts[1]:,} without the classifier) of {counts[2]:,}")
   trainer = Trainer(model, params, mask, config.optim, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, seed=config.seed,
-                    model_state=model_state)
+                    model_state=model_state, accum_steps=config.train.accum_steps)
   state = trainer.initial_state()
   start = Start.FRESH
   if latest is not None:

@@ -4,17 +4,23 @@ A *mask tree* mirrors the parameter tree; each leaf is either a Python/NumPy boo
 (whole leaf trainable or frozen) or a NumPy bool array that broadcasts against the leaf
 (element-level: e.g. `(1, heads, 1)` for a q/k/v kernel selects whole heads).
 
-Training differentiates only the trainable sub-tree (leaves with any True element);
-the frozen sub-tree is closed over, so frozen weights cost no gradient memory.
-Element masks inside trainable leaves are enforced by the optimizer.
+Training differentiates only the trainable sub-tree; the frozen sub-tree is an
+argument that is never differentiated, so frozen weights cost no gradient memory. A
+mask that selects slices along one axis (heads) makes only those slices trainable
+arrays (`Partition`); any other partial mask trains its whole leaf, and the optimizer
+enforces the element mask.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 from flax import traverse_util
+
+from heat_jax.models import head_split
+from heat_jax.models.head_split import HeadSplit
 
 Params = dict[str, Any]
 FlatMask = dict[str, Any]
@@ -70,26 +76,95 @@ def check_mask(params: Params, mask: FlatMask) -> None:
                        f"to {np.shape(flat[k])}") from None
 
 
-def split(params: Params, mask: FlatMask) -> tuple[Params, Params]:
-  """(trainable, frozen) nested trees; a leaf is trainable if any element is."""
-  flat = flatten(params)
-  trainable = {k: v for k, v in flat.items() if any_true(mask[k])}
-  frozen = {k: v for k, v in flat.items() if not any_true(mask[k])}
-  return unflatten(trainable), unflatten(frozen)
+@dataclasses.dataclass(frozen=True)
+class Slices:
+  """A leaf trained as its slices `idx` (sorted) along `axis`."""
+
+  axis: int
+  idx: tuple[int, ...]
 
 
-def merge(trainable: Params, frozen: Params) -> Params:
-  """Inverse of `split` (works on traced values inside jit)."""
-  return unflatten({**flatten(frozen), **flatten(trainable)})
+def slices_of(mask_leaf: Any, shape: tuple[int, ...]) -> Optional[Slices]:
+  """The slices a partial mask selects when it varies along one axis only, else None.
+
+  E.g. a q/k/v kernel mask `(1, H, 1)` selects heads: `Slices(1, selected heads)`.
+  """
+  if not is_partial(mask_leaf):
+    return None
+  m = np.asarray(mask_leaf, bool)
+  m = m.reshape((1,) * (len(shape) - m.ndim) + m.shape)
+  varying = [a for a in range(m.ndim) if m.shape[a] > 1]
+  for axis in varying:
+    others = tuple(a for a in range(m.ndim) if a != axis)
+    along = np.any(m, axis=others, keepdims=True)
+    if np.array_equal(np.broadcast_to(along, m.shape), m):
+      idx = np.nonzero(along.reshape(-1))[0]
+      return Slices(axis, tuple(int(i) for i in idx))
+  return None
 
 
-def element_masks(trainable: Params, mask: FlatMask) -> Params:
-  """Float 0/1 masks for the trainable tree (a scalar 1.0 where the leaf is whole)."""
-  out = {}
-  for k, v in flatten(trainable).items():
-    m = mask[k]
-    out[k] = (np.asarray(m, np.float32) if is_partial(m) else np.float32(1.0))
-  return unflatten(out)
+class Partition:
+  """How every parameter is trained, from a method's mask.
+
+  Each leaf is frozen, whole (every element trainable), *sliced* (the mask selects
+  slices along one axis, e.g. heads: only those slices are trainable arrays, so
+  gradients and optimizer state scale with the selection) or *masked* (any other
+  partial mask: the whole leaf is trainable and the optimizer's element mask keeps the
+  masked-out elements fixed).
+
+  The trainable tree holds whole leaves, slices and masked leaves; the frozen tree
+  holds frozen leaves and the full value of sliced ones (their unselected slices).
+  Sliced leaves in `split_keys` reach the model as a `HeadSplit` (see
+  `heat_jax.models.head_split`), others are scattered into one array.
+  """
+
+  def __init__(self, params: Params, mask: FlatMask, split_keys: Iterable[str] = ()):
+    check_mask(params, mask)
+    flat = flatten(params)
+    self.trainable_keys = [k for k in flat if any_true(mask[k])]
+    self.slices: dict[str, Slices] = {}
+    self.masked: dict[str, np.ndarray] = {}
+    for k in self.trainable_keys:
+      sl = slices_of(mask[k], np.shape(flat[k]))
+      if sl is not None:
+        self.slices[k] = sl
+      elif is_partial(mask[k]):
+        self.masked[k] = np.asarray(mask[k], np.float32)
+    self.split_keys = frozenset(k for k in split_keys if k in self.slices)
+
+  def split(self, params: Params) -> tuple[Params, Params]:
+    """(trainable, frozen) nested trees of host arrays."""
+    flat = flatten(params)
+    trainable = {}
+    for k in self.trainable_keys:
+      sl = self.slices.get(k)
+      trainable[k] = flat[k] if sl is None else np.take(np.asarray(flat[k]), sl.idx, sl.axis)
+    frozen = {k: v for k, v in flat.items() if k not in trainable or k in self.slices}
+    return unflatten(trainable), unflatten(frozen)
+
+  def merge(self, trainable: Params, frozen: Params) -> Params:
+    """The complete parameter tree (works on traced values inside jit)."""
+    return self._merge(trainable, frozen, split=False)
+
+  def model_params(self, trainable: Params, frozen: Params) -> Params:
+    """The tree the model is applied to in training (HeadSplit at `split_keys`)."""
+    return self._merge(trainable, frozen, split=True)
+
+  def _merge(self, trainable: Params, frozen: Params, *, split: bool) -> Params:
+    out = flatten(frozen)
+    for k, v in flatten(trainable).items():
+      sl = self.slices.get(k)
+      if sl is None:
+        out[k] = v
+      elif split and k in self.split_keys:
+        out[k] = HeadSplit(out[k], v, sl.idx, sl.axis)
+      else:
+        out[k] = head_split.scatter(out[k], v, sl.idx, sl.axis)
+    return unflatten(out)
+
+  def element_masks(self, trainable: Params) -> Params:
+    """Float 0/1 masks for the trainable tree (a scalar 1.0 where the leaf trains whole)."""
+    return unflatten({k: self.masked.get(k, np.float32(1.0)) for k in flatten(trainable)})
 
 
 def count(params: Params, mask: FlatMask, *, exclude: Optional[Callable[[str], bool]] = None
