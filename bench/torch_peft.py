@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -39,7 +40,6 @@ import types
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # torchvision's compiled ops do not load against the CPU torch wheel; timm imports
 # torchvision only for transforms, which do not need them.
 sys.modules.setdefault("torchvision._meta_registrations",
@@ -51,7 +51,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from heat_jax.io_utils import write_json  # noqa: E402
 
 MODEL = "vit_base_patch16_224"
 NUM_CLASSES = 47
@@ -77,6 +76,15 @@ class SplitQKV(nn.Module):
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
 
+
+
+def write_json(path: str, obj: dict) -> None:
+  """Atomic JSON write (this script needs only torch, timm and peft, not heat_jax)."""
+  target = Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.with_name(target.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2) + "\n")
+  os.replace(tmp, target)
 
 def count(model: nn.Module, trainable: bool = True, head: bool = True) -> int:
   return sum(p.numel() for n, p in model.named_parameters()
