@@ -36,6 +36,31 @@ def tiny_config():
   return c
 
 
+@pytest.fixture
+def interrupted_run(monkeypatch):
+  """`interrupted_run(config, workdir, at_step=n)`: runs `experiment.run` and stops it
+  with a KeyboardInterrupt at its n-th train step (1-based), as Ctrl-C would."""
+  from heat_jax import experiment
+  from heat_jax.training.trainer import Trainer
+
+  def run(config, workdir: str, *, at_step: int) -> None:
+    calls = {"n": 0}
+    original = Trainer.train_step
+
+    def crashing(self, state, batch):
+      calls["n"] += 1
+      if calls["n"] == at_step:
+        raise KeyboardInterrupt
+      return original(self, state, batch)
+
+    with monkeypatch.context() as m:
+      m.setattr(Trainer, "train_step", crashing)
+      with pytest.raises(KeyboardInterrupt):
+        experiment.run(config, workdir, quiet=True)
+    assert Trainer.train_step is original
+  return run
+
+
 @pytest.fixture(scope="session")
 def cli_run(tmp_path_factory):
   """`run(*args)`: `python run.py *args --workdir=W` once per distinct args in a session.

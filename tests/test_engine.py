@@ -317,7 +317,7 @@ def test_accumulated_step_equals_one_batch_step(method):
     np.testing.assert_allclose(losses[4], losses[1], rtol=1e-5)
 
 
-def test_heat_resume_from_compact_state_is_bit_identical(tiny_config, tmp_path, monkeypatch,
+def test_heat_resume_from_compact_state_is_bit_identical(tiny_config, tmp_path, interrupted_run,
                                                          caplog):
   """The orbax checkpoint holds the compact (selected-slices) state and resumes exactly."""
   c = tiny_config
@@ -325,19 +325,7 @@ def test_heat_resume_from_compact_state_is_bit_identical(tiny_config, tmp_path, 
   c.train.epochs = 2
   c.train.checkpoint_every_steps = 4
   experiment.run(c, str(tmp_path / "a"), quiet=True)
-  calls = {"n": 0}
-  original = Trainer.train_step
-
-  def crashing(self, state, batch):
-    calls["n"] += 1
-    if calls["n"] == 6:
-      raise KeyboardInterrupt
-    return original(self, state, batch)
-
-  monkeypatch.setattr(Trainer, "train_step", crashing)
-  with pytest.raises(KeyboardInterrupt):
-    experiment.run(c, str(tmp_path / "b"), quiet=True)
-  monkeypatch.setattr(Trainer, "train_step", original)
+  interrupted_run(c, str(tmp_path / "b"), at_step=6)
   caplog.set_level(logging.INFO, logger="absl")
   experiment.run(c, str(tmp_path / "b"))
   assert "resumed from step 4" in caplog.text

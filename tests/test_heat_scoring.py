@@ -23,7 +23,6 @@ from heat_jax.importance import compute_tis, head_features
 from heat_jax.methods import MethodContext, get_method
 from heat_jax.methods.heat import random_classifier, scoring_params
 from heat_jax.models import create_model
-from heat_jax.training.trainer import Trainer
 
 
 def _zero_head_params(seed=0):
@@ -123,7 +122,7 @@ def test_heat_scores_through_the_probe_and_starts_from_it(tiny_config, tmp_path)
   assert third.info["tis_classifier"] == "random" and third.info["probe_kept"] is True
 
 
-def test_heat_run_records_the_classifier_and_resumes_it(tiny_config, tmp_path, monkeypatch):
+def test_heat_run_records_the_classifier_and_resumes_it(tiny_config, tmp_path, interrupted_run):
   c = tiny_config
   c.method.name = "heat"
   c.train.epochs = 2
@@ -134,19 +133,7 @@ def test_heat_run_records_the_classifier_and_resumes_it(tiny_config, tmp_path, m
   assert info["tis_classifier"] == "probe" and info["probe_kept"] is True
   assert 0.25 < info["probe_train_accuracy"] <= 1.0
 
-  calls = {"n": 0}
-  original = Trainer.train_step
-
-  def crashing(self, state, batch):
-    calls["n"] += 1
-    if calls["n"] == 5:
-      raise KeyboardInterrupt
-    return original(self, state, batch)
-
-  monkeypatch.setattr(Trainer, "train_step", crashing)
-  with pytest.raises(KeyboardInterrupt):
-    experiment.run(c, str(tmp_path / "b"), quiet=True)
-  monkeypatch.setattr(Trainer, "train_step", original)
+  interrupted_run(c, str(tmp_path / "b"), at_step=5)
   resumed = experiment.run(c, str(tmp_path / "b"), quiet=True)
   # The selection and the probe's record come from the checkpoint; the probe-initialised
   # head from the trained state: the resumed run ends bit-identical.

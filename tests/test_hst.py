@@ -21,7 +21,6 @@ from heat_jax.methods.hst import Hst, HstSpec, resolve
 from heat_jax.models import create_model
 from heat_jax.models.apply import apply_model, split_variables
 from heat_jax.training import partition
-from heat_jax.training.trainer import Trainer
 
 # ----------------------------------------------------------------------------- counts
 
@@ -297,21 +296,9 @@ def test_frozen_set_adapter_and_load_adapter(straight):
   np.testing.assert_array_equal(got, predict(seen["params"], seen["state"], images)[0])
 
 
-def test_resume_restores_batch_stats_bit_identically(straight, tmp_path, monkeypatch, caplog):
+def test_resume_restores_batch_stats_bit_identically(straight, tmp_path, interrupted_run, caplog):
   c, workdir, results, _ = straight
-  calls = {"n": 0}
-  original = Trainer.train_step
-
-  def crashing(self, state, batch):
-    calls["n"] += 1
-    if calls["n"] == 14:
-      raise KeyboardInterrupt
-    return original(self, state, batch)
-
-  monkeypatch.setattr(Trainer, "train_step", crashing)
-  with pytest.raises(KeyboardInterrupt):
-    experiment.run(c, str(tmp_path), quiet=True)
-  monkeypatch.setattr(Trainer, "train_step", original)
+  interrupted_run(c, str(tmp_path), at_step=14)
   caplog.set_level(logging.INFO, logger="absl")
   resumed = experiment.run(c, str(tmp_path))
   assert "resumed from step 10" in caplog.text

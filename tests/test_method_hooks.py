@@ -21,7 +21,6 @@ from heat_jax.data import build_task
 from heat_jax.methods import Method, MethodContext, register_method
 from heat_jax.models.extensions import Extension, register_extension
 from heat_jax.training import partition
-from heat_jax.training.trainer import Trainer
 
 SIDE = 6
 
@@ -117,22 +116,11 @@ def test_toy_method_trains_evaluates_with_running_stats_and_exports(toy_config, 
   assert np.abs(np.asarray(other) - np.asarray(logits)).max() > 1e-3
 
 
-def test_toy_method_resume_restores_batch_stats(toy_config, tmp_path, monkeypatch, caplog):
+def test_toy_method_resume_restores_batch_stats(toy_config, tmp_path, interrupted_run, caplog):
   experiment.run(toy_config, str(tmp_path / "a"), quiet=True)
 
-  calls = {"n": 0}
-  original = Trainer.train_step
-
-  def crashing(self, state, batch):
-    calls["n"] += 1
-    if calls["n"] == 5:  # after the checkpoint at step 3, before the next one
-      raise KeyboardInterrupt
-    return original(self, state, batch)
-
-  monkeypatch.setattr(Trainer, "train_step", crashing)
-  with pytest.raises(KeyboardInterrupt):
-    experiment.run(toy_config, str(tmp_path / "b"), quiet=True)
-  monkeypatch.setattr(Trainer, "train_step", original)
+  # after the checkpoint at step 3, before the next one
+  interrupted_run(toy_config, str(tmp_path / "b"), at_step=5)
   caplog.set_level(logging.INFO, logger="absl")
   experiment.run(toy_config, str(tmp_path / "b"))
   assert "resumed from step 3" in caplog.text

@@ -169,26 +169,14 @@ def test_eval_counts_every_example(tiny_config, tmp_path):
     assert abs(record["test_top1"] * 37 - round(record["test_top1"] * 37)) < 1e-6
 
 
-def test_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch, caplog):
+def test_resume_is_bit_identical(tiny_config, tmp_path, interrupted_run, caplog):
   c = tiny_config
   c.method.name = "lora"
   c.train.epochs = 3
   c.train.checkpoint_every_steps = 5
   straight = experiment.run(c, str(tmp_path / "a"), quiet=True)
 
-  calls = {"n": 0}
-  original = Trainer.train_step
-
-  def crashing(self, state, batch):
-    calls["n"] += 1
-    if calls["n"] == 8:
-      raise KeyboardInterrupt
-    return original(self, state, batch)
-
-  monkeypatch.setattr(Trainer, "train_step", crashing)
-  with pytest.raises(KeyboardInterrupt):
-    experiment.run(c, str(tmp_path / "b"), quiet=True)
-  monkeypatch.setattr(Trainer, "train_step", original)
+  interrupted_run(c, str(tmp_path / "b"), at_step=8)
   caplog.set_level(logging.INFO, logger="absl")
   resumed = experiment.run(c, str(tmp_path / "b"))
   assert "resumed from step 5" in caplog.text
