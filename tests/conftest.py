@@ -61,6 +61,25 @@ def interrupted_run(monkeypatch):
   return run
 
 
+@pytest.fixture
+def torch_and_timm():
+  """(torch, timm) for the optional cross-checks against timm; skipped without the
+  [tools] extra. torchvision's compiled ops may not load next to a CPU torch wheel;
+  timm's models never use them, but their meta registrations are imported eagerly."""
+  import sys
+  import types
+  sys.modules.setdefault("torchvision._meta_registrations",
+                         types.ModuleType("torchvision._meta_registrations"))
+  torch = pytest.importorskip("torch", reason='needs torch (the [tools] extra: '
+                              'pip install -e ".[tools]")')
+  try:
+    import timm
+    import timm.models.vision_transformer  # noqa: F401
+  except Exception as e:  # ImportError, or torchvision failing to load  # noqa: BLE001
+    pytest.skip(f"timm is not importable ({type(e).__name__}: {e}); the [tools] extra")
+  return torch, timm
+
+
 @pytest.fixture(scope="session")
 def cli_run(tmp_path_factory):
   """`run(*args)`: `python run.py *args --workdir=W` once per distinct args in a session.

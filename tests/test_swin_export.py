@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -96,15 +94,8 @@ def test_merged_safetensors_reads_back_into_heat_jax(swin_run):
   assert np.abs(base - want).max() > 10 * TOL
 
 
-def test_timm_loads_merged_safetensors_and_agrees(swin_run):
-  sys.modules.setdefault("torchvision._meta_registrations",
-                         types.ModuleType("torchvision._meta_registrations"))
-  torch = pytest.importorskip("torch", reason='needs torch (the [tools] extra: '
-                              'pip install -e ".[tools]")')
-  try:
-    import timm
-  except Exception as e:  # ImportError, or torchvision failing to load  # noqa: BLE001
-    pytest.skip(f"timm is not importable ({type(e).__name__}: {e}); the [tools] extra")
+def test_timm_loads_merged_safetensors_and_agrees(torch_and_timm, swin_run):
+  torch, timm = torch_and_timm
   work, _, _, plain, images, want = swin_run
   assert (plain.embed_dim, plain.depths, plain.num_heads, plain.window_size,
           plain.patch_size) == (32, (2, 2), (2, 4), 4, 4), "Swin-tiny changed"

@@ -13,7 +13,6 @@ import functools
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +23,6 @@ TOLERANCE = 1e-5
 # The smoke config's ViT-micro.
 MICRO = dict(patch_size=8, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64,
              image_size=32, classifier="token", representation_size=None)
-
-
-def _timm():
-  # torchvision's compiled ops may not load next to a CPU torch wheel; timm's ViT never
-  # uses them, and their meta registrations are imported eagerly otherwise.
-  sys.modules.setdefault("torchvision._meta_registrations",
-                         types.ModuleType("torchvision._meta_registrations"))
-  torch = pytest.importorskip("torch", reason='needs torch (the [tools] extra: '
-                              'pip install -e ".[tools]")')
-  try:
-    from timm.models import vision_transformer
-  except Exception as e:  # ImportError, or torchvision failing to load  # noqa: BLE001
-    pytest.skip(f"timm is not importable ({type(e).__name__}: {e}); the [tools] extra")
-  return torch, vision_transformer
 
 
 def _train(workdir: Path, method: str) -> None:
@@ -74,8 +59,9 @@ def _load_recording_keys(vision_transformer, model, path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_timm_loads_merged_npz_and_agrees(tmp_path, method):
-  torch, vision_transformer = _timm()
+def test_timm_loads_merged_npz_and_agrees(torch_and_timm, tmp_path, method):
+  torch, timm = torch_and_timm
+  vision_transformer = timm.models.vision_transformer
   workdir = tmp_path / method
   _train(workdir, method)
 
