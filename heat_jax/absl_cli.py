@@ -55,6 +55,36 @@ def parse_flags(argv: list[str], explain: Optional[Explain] = None) -> list[str]
     raise
 
 
+def own_usage(flag_values: flags.FlagValues, doc: str) -> str:
+  """`doc` and the flags of a module's own flag set (absl's module heading dropped)."""
+  text = flag_values.get_help(include_special_flags=False)
+  text = "\n".join(l for l in text.splitlines() if not l.rstrip().endswith(".py:"))
+  return f"{doc}\nflags:\n{text}\n"
+
+
+def parse_own_flags(flag_values: flags.FlagValues, argv: Sequence[str], *, doc: str,
+                    example: str, workdir_example: str) -> Optional[int]:
+  """Parses `argv` (argv[0] = program) into a module's own flag set, which defines
+  `--help` and `--workdir` (entry points callable as functions next to run.py's flags).
+
+  Returns None when there is something to run, else the exit code: 0 after printing the
+  help, 2 after one `error:` line (a bad flag, a stray argument, no --workdir).
+  """
+  flag_values.unparse_flags()
+  try:
+    rest = flag_values(list(argv))
+  except flags.Error as e:
+    return fail(f"{e} (see --help)")
+  if flag_values.help:
+    print(own_usage(flag_values, doc))
+    return 0
+  if len(rest) > 1:
+    return fail(f"unexpected argument {rest[1]!r}; flags look like {example} (see --help)")
+  if not flag_values.workdir:
+    return fail(f"--workdir is required, e.g. --workdir={workdir_example}")
+  return None
+
+
 def run(main: Callable[[list[str]], int], define_flags: Callable[[], None],
         argv: Optional[Sequence[str]] = None, *,
         explain: Optional[Explain] = None) -> NoReturn:

@@ -55,6 +55,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app, flags
 
+from heat_jax import absl_cli
 from heat_jax.data.vtab_tasks import GROUPS, TASK_NAMES, TASKS, tasks_in_group
 from heat_jax.errors import ConfigError, UserError
 from heat_jax.io_utils import write_json
@@ -489,33 +490,14 @@ flags.DEFINE_boolean("fail_fast", False, "Stop at the first failed job (running 
 flags.DEFINE_boolean("help", False, "Show this help.", short_name="?", flag_values=FLAGS)
 
 
-def _fail(message: str) -> int:
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-  return 2
-
-
 def usage() -> str:
-  text = FLAGS.get_help(include_special_flags=False)
-  # Drop absl's "<module path>:" heading line above the flags.
-  text = "\n".join(l for l in text.splitlines() if not l.rstrip().endswith(".py:"))
-  return f"{__doc__}\nflags:\n{text}\n"
+  return absl_cli.own_usage(FLAGS, __doc__)
 
 
 def parse_flags(argv: Sequence[str]) -> Optional[int]:
   """Parses argv (argv[0] = program) into FLAGS; an exit code when there is nothing to run."""
-  FLAGS.unparse_flags()
-  try:
-    rest = FLAGS(list(argv))
-  except flags.Error as e:
-    return _fail(f"{e} (see --help)")
-  if FLAGS.help:
-    print(usage())
-    return 0
-  if len(rest) > 1:
-    return _fail(f"unexpected argument {rest[1]!r}; flags look like --tasks=dtd (see --help)")
-  if not FLAGS.workdir:
-    return _fail("--workdir is required, e.g. --workdir=workdirs/sweep")
-  return None
+  return absl_cli.parse_own_flags(FLAGS, argv, doc=__doc__, example="--tasks=dtd",
+                                  workdir_example="workdirs/sweep")
 
 
 def main(argv: Sequence[str] = ()) -> int:
@@ -532,7 +514,7 @@ def main(argv: Sequence[str] = ()) -> int:
     collect(workdir)
     print(f"wrote {Path(workdir) / 'results.md'} and results.csv", file=sys.stderr)
   except UserError as e:
-    return _fail(e.one_line())
+    return absl_cli.fail(e.one_line())
   except KeyboardInterrupt:
     print("interrupted; rerun the same command to resume", file=sys.stderr)
     return 130

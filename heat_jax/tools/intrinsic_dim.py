@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-from absl import app, flags
+from absl import flags
 
+from heat_jax import absl_cli
 from heat_jax.errors import ConfigError, UserError
 from heat_jax.io_utils import atomic_open, write_json, write_text
 
@@ -251,31 +252,12 @@ def write_outputs(workdir: str, results: dict) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _fail(message: str) -> int:
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-  return 2
-
-
-def usage() -> str:
-  text = FLAGS.get_help(include_special_flags=False)
-  text = "\n".join(l for l in text.splitlines() if not l.rstrip().endswith(".py:"))
-  return f"{__doc__}\nflags:\n{text}\n"
-
-
 def run_cli(argv: Sequence[str]) -> int:
   """Parses `argv` (argv[0] = program) and runs; returns the exit code."""
-  FLAGS.unparse_flags()
-  try:
-    rest = FLAGS(list(argv))
-  except flags.Error as e:
-    return _fail(f"{e} (see --help)")
-  if FLAGS.help:
-    print(usage())
-    return 0
-  if len(rest) > 1:
-    return _fail(f"unexpected argument {rest[1]!r}; flags look like --task=texture")
-  if not FLAGS.workdir:
-    return _fail("--workdir is required, e.g. --workdir=workdirs/intrinsic_dim")
+  code = absl_cli.parse_own_flags(FLAGS, argv, doc=__doc__, example="--task=texture",
+                                  workdir_example="workdirs/intrinsic_dim")
+  if code is not None:
+    return code
   try:
     run(FLAGS.workdir, task=FLAGS.task, parts=parse_list(FLAGS.parts, "parts"),
         dims=parse_dims(FLAGS.dims), model=FLAGS.model, epochs=FLAGS.epochs,
@@ -283,7 +265,7 @@ def run_cli(argv: Sequence[str]) -> int:
         pretrain_images=FLAGS.pretrain_images, num_train=FLAGS.num_train,
         num_test=FLAGS.num_test, batch_size=FLAGS.batch_size)
   except UserError as e:
-    return _fail(e.one_line())
+    return absl_cli.fail(e.one_line())
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
