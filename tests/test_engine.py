@@ -19,6 +19,7 @@ from heat_jax.models.layers import MultiHeadAttention, Projection
 from heat_jax.models.swin import shift_window_mask
 from heat_jax.training import partition
 from heat_jax.training.trainer import Trainer
+from heat_jax.training.metrics import read_metric
 
 
 def _optim(**kw):
@@ -394,8 +395,6 @@ def test_bf16_heat_trains_with_float32_master_weights(tiny_config, tmp_path):
   assert p.trainer.partition.split_keys
   state, _, _ = experiment.train(p, log=lambda *_: None)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
-  import json
-  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  loss = [l["train/loss"] for l in lines if "train/loss" in l]
+  loss = read_metric(tmp_path, "train/loss")
   assert np.all(np.isfinite(loss)) and np.mean(loss[-3:]) < 0.9 * np.mean(loss[:3]), loss
   p.ckpt.close()

@@ -3,7 +3,6 @@ what the frozen backbone allows), and the head masks cover exactly the parameter
 
 from __future__ import annotations
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +12,11 @@ from heat_jax import experiment
 from heat_jax.methods.heat import head_weight_mask
 from heat_jax.models import create_model
 from heat_jax.training import partition
+from heat_jax.training.metrics import read_metric
 
 
 def _losses(workdir):
-  lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
-  return [l["train/loss"] for l in lines if "train/loss" in l]
+  return read_metric(workdir, "train/loss")
 
 
 def test_heat_vit_loss_falls_below_the_frozen_backbone(tiny_config, tmp_path):

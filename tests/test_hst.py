@@ -21,6 +21,7 @@ from heat_jax.methods.hst import Hst, HstSpec, resolve
 from heat_jax.models import create_model
 from heat_jax.models.apply import apply_model, split_variables
 from heat_jax.training import partition
+from heat_jax.training.metrics import read_metric
 
 # ----------------------------------------------------------------------------- counts
 
@@ -210,8 +211,7 @@ def test_batch_statistics_train_mode_updates_eval_mode_reads(micro):
 
 
 def _loss_curve(workdir):
-  lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
-  return [l["train/loss"] for l in lines if "train/loss" in l]
+  return read_metric(workdir, "train/loss")
 
 
 @pytest.fixture(scope="module")

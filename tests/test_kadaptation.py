@@ -24,6 +24,7 @@ from heat_jax.models.apply import apply_model
 from heat_jax.models.extensions import Site
 from heat_jax.training import partition
 from heat_jax.training.trainer import Trainer, epoch_batches
+from heat_jax.training.metrics import read_metric
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = np.random.default_rng(0).standard_normal((3, 32, 32, 3)).astype(np.float32)
@@ -302,8 +303,7 @@ def test_learns_through_the_engine_and_stores_exactly_the_trained_values(tiny_co
   c.optim.lr = 1e-2
   c.train.eval_every_epochs = 8
   results = experiment.run(c, str(tmp_path), quiet=True)
-  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  loss = [l["train/loss"] for l in lines if "train/loss" in l]
+  loss = read_metric(tmp_path, "train/loss")
   assert np.mean(loss[-3:]) < 0.85 * np.mean(loss[:2]), loss
   assert results["trainable_params_no_head"] == count_parameters([32, 32], n=8)
 

@@ -21,6 +21,7 @@ from heat_jax.data import build_task
 from heat_jax.methods import Method, MethodContext, register_method
 from heat_jax.models.extensions import Extension, register_extension
 from heat_jax.training import partition
+from heat_jax.training.metrics import read_metric
 
 SIDE = 6
 
@@ -98,8 +99,7 @@ def test_toy_method_trains_evaluates_with_running_stats_and_exports(toy_config, 
   assert np.abs(mean).max() > 1e-3 and np.abs(var - 1).max() > 1e-3
 
   # Loss falls: the hooks are trained.
-  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  loss = [l["train/loss"] for l in lines if "train/loss" in l]
+  loss = read_metric(tmp_path, "train/loss")
   assert np.mean(loss[-2:]) < 0.8 * np.mean(loss[:2]), loss
 
   # The reported accuracy is the eval-mode model with the running statistics: recompute

@@ -1,6 +1,5 @@
 """HEAT and the PETL methods on a tiny Swin: same guarantees as on the ViT."""
 
-import json
 
 import jax
 import numpy as np
@@ -11,6 +10,7 @@ from heat_jax.importance import select_heads
 from heat_jax.methods.heat import head_weight_mask
 from heat_jax.models import create_model, head_layout
 from heat_jax.training import partition
+from heat_jax.training.metrics import read_metric
 from tests.test_training import _train
 
 
@@ -81,8 +81,7 @@ def test_swin_methods_train(swin_config, tmp_path, method, tune):
   c.optim.lr = 1e-2
   c.train.eval_every_epochs = 6
   results = experiment.run(c, str(tmp_path), quiet=True)
-  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  loss = [l["train/loss"] for l in lines if "train/loss" in l]
+  loss = read_metric(tmp_path, "train/loss")
   assert np.mean(loss[-2:]) < 0.85 * np.mean(loss[:2]), loss
   if method == "heat":
     heads = np.load(tmp_path / "heads.npy", allow_pickle=False)

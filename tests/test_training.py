@@ -16,6 +16,7 @@ from heat_jax.models import create_model
 from heat_jax.methods.lora import LoraSpec
 from heat_jax.training import partition
 from heat_jax.training.trainer import Trainer, epoch_batches
+from heat_jax.training.metrics import read_metric
 
 
 def _perturbed_params(model, seed=0):
@@ -102,8 +103,7 @@ def test_each_method_learns(tiny_config, method, tmp_path):
   c.optim.lr = 1e-2
   c.train.eval_every_epochs = 8
   experiment.run(c, str(tmp_path), quiet=True)
-  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  loss = [l["train/loss"] for l in lines if "train/loss" in l]
+  loss = read_metric(tmp_path, "train/loss")
   assert np.mean(loss[-3:]) < 0.85 * np.mean(loss[:2]), loss
 
 

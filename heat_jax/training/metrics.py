@@ -109,6 +109,14 @@ def tensorboard_writer(logdir: str, *, resume_step: int = 0):
                        filename_suffix=f".{time.time_ns()}")
 
 
+def read_metric(workdir: str, key: str) -> list[float]:
+  """The logged values of one metric (e.g. 'train/loss') from `<workdir>/metrics.jsonl`,
+  in step order."""
+  text = as_path(os.path.join(workdir, "metrics.jsonl")).read_text()
+  lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+  return [line[key] for line in lines if key in line]
+
+
 class NullWriter:
   """A MetricWriter that writes nothing (the non-primary processes of a multi-process run)."""
 
