@@ -1,8 +1,33 @@
 """Shared test fixtures: a tiny config and the toy data source."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HEAT_JAX_NO_TENSORBOARD", "1")
+
+
+def _session_compilation_cache() -> None:
+  """One persistent XLA compilation cache for this test session and its subprocesses.
+
+  Many tests build the same tiny model and step again (each run jits fresh closures), and
+  subprocess tests start cold; with the cache the same HLO compiles once per session. A
+  new temporary directory each session (removed at exit), so nothing stale carries over
+  between CI runs; set JAX_COMPILATION_CACHE_DIR yourself to keep one across sessions.
+  """
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  path = tempfile.mkdtemp(prefix="heat_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  # A size limit makes jax take a file lock around every read and write, so the two
+  # processes of a multi-process test never read an entry the other is still writing.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
+
+_session_compilation_cache()  # before anything imports jax (it reads these at import)
 
 import pytest  # noqa: E402
 
