@@ -34,11 +34,13 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
               trainable: tuple[int, int, int], wall: float, train_time: float,
               images: int, steps: int) -> dict[str, Any]:
   """The results.json dict."""
-  final = history[-1]
-  best = max(history, key=lambda r: r["test_top1"])
+  final = history[-1]   # the final evaluation holds every config.evals entry
+  tested = [r for r in history if "test_top1" in r]   # evals may run at other epochs
+  best = max(tested, key=lambda r: r["test_top1"])
   val_selected = None
-  if task.val is not None and history and "val_top1" in history[0]:
-    val_selected = max(history, key=lambda r: r["val_top1"])["test_top1"]
+  both = [r for r in tested if "val_top1" in r]
+  if task.val is not None and both:
+    val_selected = max(both, key=lambda r: r["val_top1"])["test_top1"]
   return {
       "task": task.name, "method": config.method.name, "seed": int(config.seed),
       "model": config.model.name, "checkpoint": base,
