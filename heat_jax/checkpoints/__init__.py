@@ -13,6 +13,7 @@ layout, `merged.safetensors` in timm's layout), is the family's exporter.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ from flax import traverse_util
 from heat_jax import resize
 # The format modules register their converters, exporters and checkpoint names.
 from heat_jax.checkpoints import hf_vit, swin_timm, timm_vit, vit_npz  # noqa: F401
-from heat_jax.checkpoints.download import download, fetch_registered
+from heat_jax.checkpoints.download import download, fetch_registered, hub_download
 from heat_jax.checkpoints.formats import (Exporter, converter, exporter, model_format,
                                           register_converter, register_exporter)
 from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints,
@@ -37,6 +38,7 @@ from heat_jax.io_utils import cache_dir, sha256_file
 
 Params = dict[str, Any]
 POSEMB_INTERPOLATIONS = ("auto",) + resize.METHODS
+HF_HUB = "hf-hub:"
 
 __all__ = ["CheckpointInfo", "Exporter", "available_checkpoints", "exporter",
            "get_checkpoint", "init_model_state", "init_params", "load_pretrained",
@@ -45,9 +47,11 @@ __all__ = ["CheckpointInfo", "Exporter", "available_checkpoints", "exporter",
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-  """Local path of a checkpoint: an existing file, a URL, or a registered name.
+  """Local path of a checkpoint: an existing file, a URL, a registered name, or
+  `hf-hub:<owner>/<repo>[@revision]` (its `model.safetensors`: timm's
+  `hf-hub:timm/<arch>.<tag>`, or a transformers ViT / Dinov2 repository).
 
-  Registered names and URLs are downloaded into the cache once and reused.
+  Registered names, Hub files and URLs are downloaded into the cache once and reused.
   """
   text = str(name_or_path)
   if not text:
@@ -61,6 +65,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
   if re.match(r"https?://", text):
     return download(text, cache_dir("checkpoints", "urls") / text.rsplit("/", 1)[-1])
   info = get_checkpoint(text)
+  if info is None and text.startswith(HF_HUB):
+    return hub_file(text)
   if info is None:
     if os.sep in text or text.endswith((".npz", ".safetensors", ".pth", ".bin")):
       raise CheckpointError(f"checkpoint file not found: {text}; pass an existing file or "
@@ -68,6 +74,17 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     raise CheckpointError(f"unknown checkpoint {text!r}; pass a local file, a URL, or one "
                           f"of: {', '.join(available_checkpoints())}")
   return fetch_registered(info)
+
+
+def hub_file(name: str, filename: str = "model.safetensors") -> Path:
+  """The local copy of `filename` of `hf-hub:<owner>/<repo>[@revision]` (downloaded once
+  into the shared Hugging Face cache)."""
+  repo, _, revision = name[len(HF_HUB):].partition("@")
+  if repo.count("/") != 1 or not all(repo.split("/")):
+    raise CheckpointError(f"{name!r}: write a Hub checkpoint as hf-hub:<owner>/<repo>, "
+                          "e.g. hf-hub:timm/vit_small_patch14_dinov2.lvd142m")
+  return hub_download(repo, filename, revision=revision or "main",
+                      by_hand=cache_dir("checkpoints", "hf-hub", *repo.split("/")) / filename)
 
 
 def image_hw(model: nn.Module, image_size: Optional[int | tuple[int, int]] = None
@@ -226,3 +243,41 @@ def merge_into_template(loaded: dict[str, np.ndarray], template: dict[str, Any],
                           + " | ".join(parts)
                           + " (check the model name, classifier and representation_size)")
   return merged
+
+
+def value_range_of(name_or_path: str | os.PathLike) -> Optional[str]:
+  """The normalisation a checkpoint was trained with, from its own metadata, or None.
+
+  A registered name carries it (timm's `pretrained_cfg` of the tag); a local file
+  is read for a `config.json` beside it (timm Hub layout: `pretrained_cfg.mean/std`)
+  or a `preprocessor_config.json` (transformers: `image_mean/std`). Nothing is
+  downloaded; mean/std that match no named value range give None.
+  """
+  from heat_jax.data.preprocess import value_range_of as named
+  text = str(name_or_path or "")
+  info = get_checkpoint(text) if text else None
+  if info is not None:
+    return info.value_range or None
+  if not text or not os.path.isfile(text):
+    return None
+  folder = Path(text).parent
+  for filename, keys in (("config.json", ("mean", "std")),
+                         ("preprocessor_config.json", ("image_mean", "image_std"))):
+    meta = folder / filename
+    if not meta.is_file():
+      continue
+    try:
+      data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+      continue
+    cfg = data.get("pretrained_cfg", data) if isinstance(data, dict) else {}
+    if isinstance(cfg, dict) and all(k in cfg for k in keys):
+      return named(cfg[keys[0]], cfg[keys[1]])
+  return None
+
+
+def auto_value_range(model_name: str, pretrained: str = "") -> str:
+  """What `config.data.value_range='auto'` means: the checkpoint's own normalisation
+  where its metadata says (`value_range_of`), else the model's registered one."""
+  from heat_jax.models import model_info
+  return value_range_of(pretrained) or model_info(model_name).value_range

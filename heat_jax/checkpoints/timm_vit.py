@@ -38,6 +38,7 @@ import numpy as np
 from heat_jax import resize
 from heat_jax.checkpoints import hf_vit, state_dict, vit_npz
 from heat_jax.checkpoints.formats import Exporter, register_converter, register_exporter
+from heat_jax.checkpoints.registry import CheckpointInfo, register_checkpoint
 from heat_jax.errors import CheckpointError
 from heat_jax.io_utils import atomic_open
 
@@ -269,3 +270,46 @@ def write_timm_safetensors(path: str | os.PathLike, params: dict[str, np.ndarray
 
 register_exporter("timm_vit", Exporter("merged.safetensors", write_timm_safetensors,
                                        "timm VisionTransformer state dict (.safetensors)"))
+
+
+# ----------------------------------------------------------------------------- names
+
+TIMM_HF_URL = "https://huggingface.co/timm"
+
+
+def _hub(tag: str, model: str, value_range: str, note: str, *aliases: str,
+         repo_tag: str = "") -> None:
+  """A timm Hub checkpoint `timm/<arch>.<tag>` (also `hf-hub:timm/<arch>.<tag>`)."""
+  repo_tag = repo_tag or tag
+  register_checkpoint(CheckpointInfo(
+      name=f"timm/{tag}", family="timm_vit", path=f"timm_vit/{repo_tag}/model.safetensors",
+      base_env="HEAT_JAX_TIMM_URL", default_base=TIMM_HF_URL, model=model, note=note,
+      url_path=f"{repo_tag}/resolve/main/model.safetensors", hf_repo=f"timm/{repo_tag}",
+      hf_filename="model.safetensors", value_range=value_range),
+      f"hf-hub:timm/{tag}", tag, *aliases)
+
+
+# The backbones of the PETL releases and the self-supervised / CLIP towers users
+# start from (preprocessing: timm's pretrained_cfg mean/std of each tag).
+_hub("vit_base_patch16_224.augreg_in21k", "vit_base_patch16_224", "minus1_1",
+     "AugReg ImageNet-21k (AFeng-x/HST's backbone; 21843-class head not used)")
+_hub("vit_base_patch16_224.orig_in21k", "vit_base_patch16_224", "minus1_1",
+     "original ImageNet-21k ViT-B/16 (VPT, NOAH, FacT), converted by timm")
+for _size in ("small", "base", "large"):
+  _hub(f"vit_{_size}_patch14_dinov2.lvd142m", f"vit_{_size}_patch14_dinov2", "imagenet",
+       "DINOv2 LVD-142M, self-supervised, 518 px (resampled to the run's size)")
+  _hub(f"vit_{_size}_patch14_reg4_dinov2.lvd142m", f"vit_{_size}_patch14_reg4_dinov2",
+       "imagenet", "DINOv2 with 4 registers, LVD-142M, 518 px")
+for _p in (16, 32):
+  # OpenAI trained with QuickGELU: the *_quickgelu_* model reproduces it; timm keeps the
+  # files under the plain name (whose model uses exact GELU, as timm's does).
+  _hub(f"vit_base_patch{_p}_clip_quickgelu_224.openai",
+       f"vit_base_patch{_p}_clip_quickgelu_224", "clip",
+       f"OpenAI CLIP ViT-B/{_p} image tower (QuickGELU; KAdaptation's backbone is B/32)",
+       repo_tag=f"vit_base_patch{_p}_clip_224.openai")
+  _hub(f"vit_base_patch{_p}_clip_224.openai", f"vit_base_patch{_p}_clip_224", "clip",
+       f"OpenAI CLIP ViT-B/{_p} under timm's GELU model (natively QuickGELU: prefer "
+       f"timm/vit_base_patch{_p}_clip_quickgelu_224.openai)")
+for _size in ("small", "base"):
+  _hub(f"deit_{_size}_patch16_224.fb_in1k", f"deit_{_size}_patch16_224", "imagenet",
+       "DeiT ImageNet-1k (Facebook)")

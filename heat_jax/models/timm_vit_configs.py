@@ -63,3 +63,18 @@ _register("vit_base_patch16_gap_224", "base", 16, "minus1_1", classifier="gap",
           class_token=False, num_heads=16)
 _register("vit_medium_patch16_gap_256", "medium", 16, "minus1_1", image=256,
           classifier="gap", class_token=False, qkv_bias=False, layer_scale=1e-6)
+
+# Tiny members of each family for tests and smoke runs (not timm names).
+_MICRO = dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, **_TIMM)
+register_model("timm-dinov2-micro", ViT, family=Family("timm_vit", "imagenet",
+                                                       source="tiny DINOv2-reg4 layout"),
+               **{**_MICRO, "patch_size": 14, "image_size": 28, "layer_scale": 1e-5,
+                  "num_registers": 4, "posemb_prefix": False})
+register_model("timm-clip-micro", ViT, family=Family("timm_vit", "clip",
+                                                     source="tiny CLIP QuickGELU layout"),
+               **{**_MICRO, "patch_size": 8, "image_size": 32, "activation": "quick_gelu",
+                  **_CLIP})
+register_model("timm-gap-micro", ViT, family=Family("timm_vit", "minus1_1",
+                                                    source="tiny no-class-token layout"),
+               **{**_MICRO, "patch_size": 8, "image_size": 32, "classifier": "gap",
+                  "class_token": False, "qkv_bias": False, "layer_scale": 1e-6})
