@@ -31,9 +31,7 @@ import enum
 import hashlib
 import json
 import math
-import numbers
 import os
-import re
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -45,7 +43,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from heat_jax import artifacts, checkpoints, distributed, logs, model_spec
+from heat_jax import artifacts, checkpoints, distributed, logs
 from heat_jax import workdir as workdir_lib
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
@@ -53,8 +51,8 @@ from heat_jax.errors import CheckpointError, ConfigError, TrainingError
 from heat_jax.io_utils import (as_path, read_json, remove_file, remove_tree, sha256_file,
                                write_json)
 from heat_jax.methods import Method, MethodContext, get_method
-from heat_jax.models import create_model, model_defaults, model_family
-from heat_jax.resize import METHODS as RESIZE_METHODS
+from heat_jax.models import model_family
+from heat_jax.models.build import _is_int, build_model, check_model_config  # noqa: F401
 from heat_jax.training import partition
 from heat_jax.training.checkpointing import TrainCheckpointer
 from heat_jax.training.metrics import MetricWriter, NullWriter
@@ -100,52 +98,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int,
-                extensions: tuple = ()) -> tuple[Any, dict]:
-  """The linen module for `config.model` with the method's extensions, and its spec."""
-  fields = {"image_size": config.model.image_size,
-            "drop_path_rate": config.model.drop_path_rate}
-  if model_family(config.model.name) == "vit":
-    fields["classifier"] = config.model.classifier
-  model = create_model(config.model.name, num_classes, extensions=tuple(extensions),
-                       **fields, **({"dtype": jnp.bfloat16} if config.train.bf16 else {}))
-  return model, model_spec.spec_of(config.model.name, num_classes, fields, extensions)
-
-
 # ----------------------------------------------------------------------------- validate
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def check_model_config(config: ml_collections.ConfigDict) -> None:
-  """config.model against the named model's geometry (no weights are read)."""
-  m = config.model
-  family = model_family(m.name)            # ConfigError for an unknown name
-  size = m.image_size
-  if not _is_int(size) or size < 1:
-    raise ConfigError(f"config.model.image_size must be a positive integer, got {size!r}")
-  patch = int(model_defaults(m.name).get("patch_size", 1))
-  if size % patch:
-    near = max(patch, round(size / patch) * patch)
-    raise ConfigError(f"config.model.image_size={size} is not a multiple of {m.name}'s "
-                      f"patch size {patch}; use e.g. {near}")
-  if not 0 <= m.drop_path_rate < 1:
-    raise ConfigError(f"config.model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
-  if family == "vit":
-    if m.classifier not in ("token", "gap"):
-      raise ConfigError(f"config.model.classifier={m.classifier!r} is not token or gap")
-    if m.posemb_interpolation not in RESIZE_METHODS:
-      raise ConfigError(f"config.model.posemb_interpolation={m.posemb_interpolation!r} is "
-                        f"not one of {RESIZE_METHODS}")
-  pretrained = str(m.pretrained or "")
-  if pretrained and not (os.path.isfile(pretrained) or re.match(r"(https?|gs)://", pretrained)
-                         or checkpoints.get_checkpoint(pretrained) is not None):
-    if os.path.isdir(pretrained):
-      raise CheckpointError(f"config.model.pretrained={pretrained} is a directory; pass the "
-                            "checkpoint file in it (.npz, .safetensors, .pth)")
-    checkpoints.resolve_checkpoint(pretrained)   # raises the not-found / unknown-name line
 
 
 def validate(config: ml_collections.ConfigDict) -> Method:
