@@ -29,8 +29,9 @@ from heat_jax import resize
 # The format modules register their converters, exporters and checkpoint names.
 from heat_jax.checkpoints import hf_vit, swin_timm, timm_vit, vit_npz  # noqa: F401
 from heat_jax.checkpoints.download import download, fetch_registered, hub_download
-from heat_jax.checkpoints.formats import (Exporter, converter, exporter, model_format,
-                                          register_converter, register_exporter)
+from heat_jax.checkpoints.formats import (Exporter, converter, exporter, interpolations,
+                                          model_format, register_converter,
+                                          register_exporter)
 from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints,
                                            get_checkpoint, register_checkpoint)
 from heat_jax.errors import CheckpointError
@@ -40,10 +41,11 @@ Params = dict[str, Any]
 POSEMB_INTERPOLATIONS = ("auto",) + resize.METHODS
 HF_HUB = "hf-hub:"
 
-__all__ = ["CheckpointInfo", "Exporter", "available_checkpoints", "exporter",
-           "get_checkpoint", "init_model_state", "init_params", "load_pretrained",
-           "model_format", "register_checkpoint", "register_converter",
-           "register_exporter", "resolve_checkpoint", "sha256_file"]
+__all__ = ["CheckpointInfo", "Exporter", "auto_value_range", "available_checkpoints",
+           "exporter", "get_checkpoint", "init_model_state", "init_params",
+           "interpolations", "load_pretrained", "model_format", "register_checkpoint",
+           "register_converter", "register_exporter", "resolve_checkpoint", "sha256_file",
+           "value_range_of"]
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -281,3 +283,22 @@ def auto_value_range(model_name: str, pretrained: str = "") -> str:
   where its metadata says (`value_range_of`), else the model's registered one."""
   from heat_jax.models import model_info
   return value_range_of(pretrained) or model_info(model_name).value_range
+
+
+def provenance(name_or_path: str | os.PathLike) -> dict[str, Any]:
+  """What a checkpoint argument names, for results.json (beside its file and sha256):
+  `name` (the registered name, or the `hf-hub:` / URL / path given), `tag` (timm's
+  pretrained tag, e.g. `lvd142m`), `hf_repo`, `source` (where the file comes from)
+  and `value_range` (its own normalisation, when its metadata says)."""
+  text = str(name_or_path)
+  info = get_checkpoint(text)
+  repo = info.hf_repo if info is not None else ""
+  if info is None and text.startswith(HF_HUB):
+    repo = text[len(HF_HUB):].partition("@")[0]
+  arch_tag = (info.name if info is not None else repo).rpartition("/")[2]
+  tag = arch_tag.partition(".")[2] if repo.startswith("timm/") or (
+      info is not None and info.name.startswith("timm/")) else ""
+  source = ("Hugging Face Hub" if repo else "URL" if re.match(r"(https?|gs)://", text)
+            else "registered URL" if info is not None else "local file")
+  return {"name": info.name if info is not None else text, "tag": tag or None,
+          "hf_repo": repo or None, "source": source, "value_range": value_range_of(text)}

@@ -19,6 +19,7 @@ from heat_jax.errors import CheckpointError
 # family -> fn(path, *, template, model, image_hw, interpolation) -> (flat arrays, facts)
 Converter = Callable[..., tuple[dict[str, np.ndarray], dict]]
 _CONVERTERS: dict[str, Converter] = {}
+_INTERPOLATIONS: dict[str, tuple[str, ...]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +38,17 @@ class Exporter:
 _EXPORTERS: dict[str, Exporter] = {}
 
 
-def register_converter(family: str, fn: Converter) -> None:
-  """Registers the file -> canonical-arrays converter of a model family."""
+def register_converter(family: str, fn: Converter,
+                       interpolations: tuple[str, ...] = ()) -> None:
+  """Registers the file -> canonical-arrays converter of a model family and the
+  `interpolation` values it accepts (`config.model.posemb_interpolation`)."""
   _CONVERTERS[family] = fn
+  _INTERPOLATIONS[family] = tuple(interpolations)
+
+
+def interpolations(family: str) -> tuple[str, ...]:
+  """The `interpolation` values the family's converter accepts (() = unchecked)."""
+  return _INTERPOLATIONS.get(family, ())
 
 
 def register_exporter(family: str, exporter_: Exporter) -> None:

@@ -66,7 +66,8 @@ def available_checkpoints() -> list[str]:
 
 def _vit(name: str, path: str, model: str, note: str, *aliases: str) -> None:
   register_checkpoint(CheckpointInfo(name, "vit", path, "HEAT_JAX_VIT_MODELS_URL",
-                                     VIT_MODELS_URL, model, note), *aliases)
+                                     VIT_MODELS_URL, model, note, value_range="minus1_1"),
+                      *aliases)
 
 
 # The original ImageNet-21k set (vit_jax); `ViT-B_16` is the file the PETL papers use.

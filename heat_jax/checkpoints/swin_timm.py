@@ -239,7 +239,7 @@ def _convert_swin(path: Path, *, template: dict, model: Any, image_hw: tuple[int
   return convert(load_state_dict(path), template, interpolation=interpolation)
 
 
-register_converter("swin", _convert_swin)
+register_converter("swin", _convert_swin, ("auto", "zoom") + TABLE_METHODS)
 
 
 # ----------------------------------------------------------------------------- exporting
@@ -316,7 +316,7 @@ def _timm(tag: str, model: str, note: str, *aliases: str) -> None:
       name=f"timm/{tag}", family="swin", path=f"swin/{tag}/model.safetensors",
       base_env="HEAT_JAX_SWIN_URL", default_base=TIMM_HF_URL, model=model, note=note,
       url_path=f"{tag}/resolve/main/model.safetensors", hf_repo=f"timm/{tag}",
-      hf_filename="model.safetensors"), tag, *aliases)
+      hf_filename="model.safetensors", value_range="imagenet"), tag, *aliases)
 
 
 _timm("swin_base_patch4_window7_224.ms_in22k", "Swin-B",
@@ -334,5 +334,5 @@ register_checkpoint(CheckpointInfo(
     path="swin/microsoft/swin_base_patch4_window7_224_22k.pth",
     base_env="HEAT_JAX_SWIN_MS_URL", default_base=MICROSOFT_URL, model="Swin-B",
     note="original Microsoft release, ImageNet-22k (torch pickle; needs torch)",
-    url_path="v1.0.0/swin_base_patch4_window7_224_22k.pth"),
+    url_path="v1.0.0/swin_base_patch4_window7_224_22k.pth", value_range="imagenet"),
     "swin_base_patch4_window7_224_22k")

@@ -182,8 +182,8 @@ def convert_file(path: Path, *, template: dict, model: Any, image_hw: tuple[int,
                  auto_method=method)
 
 
-register_converter("vit", convert_file)
-register_converter("timm_vit", convert_file)
+register_converter("vit", convert_file, ("auto",) + resize.METHODS)
+register_converter("timm_vit", convert_file, ("auto",) + resize.METHODS)
 
 
 # ----------------------------------------------------------------------------- exporting

@@ -76,10 +76,6 @@ class Backbone(nn.Module):
     """The token width of every block (one entry per row of `heads_per_layer`)."""
     raise NotImplementedError
 
-  @property
-  def num_layers_total(self) -> int:
-    return len(self.heads_per_layer)
-
   def hooks(self) -> Hooks:
     """The extensions of this forward pass, validated for `family`."""
     return Hooks.build(self, self.extensions, self.family)
