@@ -2,8 +2,8 @@
 
 Names come from `heat_jax.checkpoints.registry`; files are downloaded into
 `$HEAT_JAX_CACHE/checkpoints` (default `~/.cache/heat_jax/checkpoints`) and reused.
-Each format module (`vit_npz`, `timm_vit`, `hf_vit`, `swin_timm`) registers, in
-`formats`, a converter from its files to canonical parameter names for the model
+Each format module (`vit_npz`, `timm_vit`, `hf_vit`, `swin_timm`; every module here
+but the infrastructure, imported below) registers, in `formats`, a converter from its files to canonical parameter names for the model
 families it serves; the common code here merges the converted arrays into a freshly
 initialised parameter tree and reports every mismatch in one error. The way back,
 plain parameters -> the family's public file format (`merged.npz` in the vit_jax
@@ -13,8 +13,10 @@ layout, `merged.safetensors` in timm's layout), is the family's exporter.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
+import pkgutil
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -26,8 +28,6 @@ import numpy as np
 from flax import traverse_util
 
 from heat_jax import resize
-# The format modules register their converters, exporters and checkpoint names.
-from heat_jax.checkpoints import hf_vit, swin_timm, timm_vit, vit_npz  # noqa: F401
 from heat_jax.checkpoints.download import download, fetch_registered, hub_download
 from heat_jax.checkpoints.formats import (Exporter, converter, exporter, interpolations,
                                           model_format, register_converter,
@@ -36,6 +36,13 @@ from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints
                                            get_checkpoint, register_checkpoint)
 from heat_jax.errors import CheckpointError
 from heat_jax.io_utils import cache_dir, sha256_file
+
+# Every other module of this package is a format module: importing it registers its
+# converter, exporter and checkpoint names (adding a format is adding one file).
+_INFRASTRUCTURE = ("download", "formats", "registry", "state_dict")
+for _module in pkgutil.iter_modules(__path__):
+  if _module.name not in _INFRASTRUCTURE:
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 Params = dict[str, Any]
 POSEMB_INTERPOLATIONS = ("auto",) + resize.METHODS
