@@ -26,7 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image_size = 224
   c.model.drop_path_rate = 0.1
   c.model.classifier = "token"
-  c.model.posemb_interpolation = "zoom"  # zoom (vit_jax/big_vision) | bilinear (timm)
+  # auto: as the file's framework does (vit_jax npz: zoom; timm: bicubic_aa; HF: bicubic)
+  c.model.posemb_interpolation = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tfds"                # tfds | folder | synthetic

@@ -42,7 +42,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from heat_jax import artifacts, distributed, evaluation, logs
+from heat_jax import artifacts, checkpoints, distributed, evaluation, logs
 from heat_jax import workdir as workdir_lib
 from heat_jax.clock import Clock
 from heat_jax.data import build_task, check_config as check_data_config
@@ -123,7 +123,8 @@ def validate(config: ml_collections.ConfigDict) -> Method:
   optimizer.check_config(config.optim)
   kind = get_task_kind(config.task_kind)
   evaluation.check_evals(config.evals, kind.metric_names)
-  check_data_config(config.data, model_family=model_family(config.model.name))
+  check_data_config(config.data, auto_value_range=checkpoints.auto_value_range(
+      config.model.name, config.model.pretrained))
   method = get_method(config)
   method.validate()
   if config.train.export_merged and not method.mergeable:
@@ -182,8 +183,9 @@ class Prepared:
 
 def load_data(config: ml_collections.ConfigDict, kind: TaskKind) -> tuple[Task, int, int, int]:
   """(task, number of outputs, steps per epoch, total steps)."""
-  task = build_task(config.data, model_family=model_family(config.model.name),
-                    image_size=config.model.image_size)
+  task = build_task(config.data, image_size=config.model.image_size,
+                    auto_value_range=checkpoints.auto_value_range(
+                        config.model.name, config.model.pretrained))
   num_outputs = config.data.num_classes or kind.num_outputs(task)
   if config.data.num_classes and config.data.num_classes != task.num_classes:
     raise ConfigError(f"config.data.num_classes={config.data.num_classes} but the data has "

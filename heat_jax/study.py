@@ -164,7 +164,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   """
   from heat_jax import importance
   from heat_jax.data import check_config, synthetic
-  from heat_jax.models import create_model, head_layout, model_family
+  from heat_jax.models import create_model, head_layout, model_info
   s = config.study
   tasks = _names(s.tasks, "tasks", synthetic.GENERATORS, synthetic.DOWNSTREAM_TASKS)
   variants = _names(s.variants, "variants", VARIANTS, VARIANTS)
@@ -192,7 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
         raise ConfigError(f"config.heat (demo: budget=...): {e.one_line()}") from None
   for task in tasks:
     c = variant_config(config, task, variants[0], 0)
-    check_config(c.data, model_family=model_family(c.model.name))
+    check_config(c.data, auto_value_range=model_info(c.model.name).value_range)
     sizes = synthetic.check_config(c.data)
     n_train = sizes["train800"] + (sizes["val200"] if c.data.train_split != "train800" else 0)
     if c.train.batch_size > n_train:

@@ -23,7 +23,8 @@ def load_weights(config: ml_collections.ConfigDict, model: Any) -> tuple[dict, d
                           "init_seed": int(config.seed)}
   if config.model.pretrained:
     path = checkpoints.resolve_checkpoint(config.model.pretrained)
-    base.update(file=os.path.basename(path), sha256=sha256_file(path))
+    base.update(file=os.path.basename(path), sha256=sha256_file(path),
+                **checkpoints.provenance(config.model.pretrained))
     params = checkpoints.load_pretrained(path, model, rng=init_rng,
                                          interpolation=config.model.posemb_interpolation)
     bad = first_non_finite(params)

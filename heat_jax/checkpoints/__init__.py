@@ -2,21 +2,22 @@
 
 Names come from `heat_jax.checkpoints.registry`; files are downloaded into
 `$HEAT_JAX_CACHE/checkpoints` (default `~/.cache/heat_jax/checkpoints`) and reused.
-Each model family registers a converter from its file format to canonical parameter
-names (`register_converter`); the common code here merges the converted arrays into a
-freshly initialised parameter tree and reports every mismatch in one error. The way
-back, plain parameters -> the family's public file format (`merged.npz` in the
-vit_jax layout, `merged.safetensors` in timm's Swin layout), is an exporter
-(`register_exporter`).
+Each format module (`vit_npz`, `timm_vit`, `hf_vit`, `swin_timm`; every module here
+but the infrastructure, imported below) registers, in `formats`, a converter from its files to canonical parameter names for the model
+families it serves; the common code here merges the converted arrays into a freshly
+initialised parameter tree and reports every mismatch in one error. The way back,
+plain parameters -> the family's public file format (`merged.npz` in the vit_jax
+layout, `merged.safetensors` in timm's layout), is the family's exporter.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import importlib
+import json
 import os
+import pkgutil
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,59 +27,40 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from heat_jax.checkpoints import vit_npz
-from heat_jax.checkpoints.download import download, fetch_registered
+from heat_jax import resize
+from heat_jax.checkpoints.download import download, fetch_registered, hub_download
+from heat_jax.checkpoints.formats import (Exporter, converter, exporter, interpolations,
+                                          model_format, register_converter,
+                                          register_exporter)
 from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints,
                                            get_checkpoint, register_checkpoint)
 from heat_jax.errors import CheckpointError
-from heat_jax.io_utils import cache_dir, load_npz, sha256_file, write_npz
+from heat_jax.io_utils import cache_dir, sha256_file
+
+# Every other module of this package is a format module: importing it registers its
+# converter, exporter and checkpoint names (adding a format is adding one file).
+_INFRASTRUCTURE = ("download", "formats", "registry", "state_dict")
+for _module in pkgutil.iter_modules(__path__):
+  if _module.name not in _INFRASTRUCTURE:
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 Params = dict[str, Any]
-# family -> fn(path, template_shapes, model, image_hw, interpolation) -> (flat arrays, facts)
-_CONVERTERS: dict[str, Callable[..., tuple[dict[str, np.ndarray], dict]]] = {}
+POSEMB_INTERPOLATIONS = ("auto",) + resize.METHODS
+HF_HUB = "hf-hub:"
 
-__all__ = ["CheckpointInfo", "Exporter", "available_checkpoints", "exporter",
-           "get_checkpoint", "init_model_state", "init_params", "load_pretrained",
-           "register_checkpoint", "register_converter", "register_exporter",
-           "resolve_checkpoint", "sha256_file"]
-
-
-def register_converter(family: str, fn: Callable[..., tuple[dict, dict]]) -> None:
-  """Registers the file -> canonical-arrays converter of a model family."""
-  _CONVERTERS[family] = fn
-
-
-@dataclasses.dataclass(frozen=True)
-class Exporter:
-  """How a family's plain parameters become a file other libraries load.
-
-  `write(path, flat_params)` takes '/'-joined canonical names (extensions merged, the
-  classifier included); `filename` is the name a run gives the file in its workdir.
-  """
-
-  filename: str
-  write: Callable[[Any, dict[str, np.ndarray]], None]
-  layout: str   # what reads it, for messages and the README
-
-
-_EXPORTERS: dict[str, Exporter] = {}
-
-
-def register_exporter(family: str, exporter_: Exporter) -> None:
-  """Registers the canonical-params -> file exporter of a model family."""
-  _EXPORTERS[family] = exporter_
-
-
-def exporter(family: str) -> Exporter:
-  if family not in _EXPORTERS:
-    raise CheckpointError(f"no merged-checkpoint exporter for model family {family!r}")
-  return _EXPORTERS[family]
+__all__ = ["CheckpointInfo", "Exporter", "auto_value_range", "available_checkpoints",
+           "exporter", "get_checkpoint", "init_model_state", "init_params",
+           "interpolations", "load_pretrained", "model_format", "register_checkpoint",
+           "register_converter", "register_exporter", "resolve_checkpoint", "sha256_file",
+           "value_range_of"]
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-  """Local path of a checkpoint: an existing file, a URL, or a registered name.
+  """Local path of a checkpoint: an existing file, a URL, a registered name, or
+  `hf-hub:<owner>/<repo>[@revision]` (its `model.safetensors`: timm's
+  `hf-hub:timm/<arch>.<tag>`, or a transformers ViT / Dinov2 repository).
 
-  Registered names and URLs are downloaded into the cache once and reused.
+  Registered names, Hub files and URLs are downloaded into the cache once and reused.
   """
   text = str(name_or_path)
   if not text:
@@ -92,6 +74,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
   if re.match(r"https?://", text):
     return download(text, cache_dir("checkpoints", "urls") / text.rsplit("/", 1)[-1])
   info = get_checkpoint(text)
+  if info is None and text.startswith(HF_HUB):
+    return hub_file(text)
   if info is None:
     if os.sep in text or text.endswith((".npz", ".safetensors", ".pth", ".bin")):
       raise CheckpointError(f"checkpoint file not found: {text}; pass an existing file or "
@@ -99,6 +83,17 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     raise CheckpointError(f"unknown checkpoint {text!r}; pass a local file, a URL, or one "
                           f"of: {', '.join(available_checkpoints())}")
   return fetch_registered(info)
+
+
+def hub_file(name: str, filename: str = "model.safetensors") -> Path:
+  """The local copy of `filename` of `hf-hub:<owner>/<repo>[@revision]` (downloaded once
+  into the shared Hugging Face cache)."""
+  repo, _, revision = name[len(HF_HUB):].partition("@")
+  if repo.count("/") != 1 or not all(repo.split("/")):
+    raise CheckpointError(f"{name!r}: write a Hub checkpoint as hf-hub:<owner>/<repo>, "
+                          "e.g. hf-hub:timm/vit_small_patch14_dinov2.lvd142m")
+  return hub_download(repo, filename, revision=revision or "main",
+                      by_hand=cache_dir("checkpoints", "hf-hub", *repo.split("/")) / filename)
 
 
 def image_hw(model: nn.Module, image_size: Optional[int | tuple[int, int]] = None
@@ -151,7 +146,7 @@ def is_fresh_param(name: str, names: frozenset[str]) -> bool:
 def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
                     image_size: Optional[int | tuple[int, int]] = None,
                     rng: Optional[jax.Array] = None,
-                    interpolation: str = "zoom") -> Params:
+                    interpolation: str = "auto") -> Params:
   """Loads pretrained weights into a fresh parameter tree of `model`.
 
   Args:
@@ -160,8 +155,9 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
     image_size: size the model will run at (default `model.image_size`); position
       embeddings are resized to its grid.
     rng: initialises the head and any PETL extension parameters.
-    interpolation: posemb resize method: `zoom` (vit_jax, big_vision) or `bilinear`
-      (timm).
+    interpolation: posemb resize method (`POSEMB_INTERPOLATIONS`): `auto` resizes
+      as the file's own framework does (vit_jax / big_vision `.npz`: `zoom`; timm:
+      `bicubic_aa`; Hugging Face: `bicubic`); or one of `heat_jax.resize.METHODS`.
 
   Returns:
     The parameter tree. `head` and extension parameters come from the fresh init;
@@ -169,16 +165,24 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
     missing, unexpected and wrong-shaped key.
   """
   path = resolve_checkpoint(name_or_path)
-  family = getattr(model, "family", "vit")
-  if family not in _CONVERTERS:
-    raise CheckpointError(f"no checkpoint converter for model family {family!r}")
+  convert = converter(model_format(model))
+  hw = image_hw(model, image_size)
+  return load_converted(
+      lambda template: convert(path, template=template, model=model, image_hw=hw,
+                               interpolation=interpolation),
+      model, image_size=image_size, rng=rng, source=str(path))
+
+
+def load_converted(convert: Callable[[dict], tuple[dict, dict]], model: nn.Module, *,
+                   image_size: Optional[int | tuple[int, int]] = None,
+                   rng: Optional[jax.Array] = None, source: str) -> Params:
+  """The parameter tree from `convert(template shapes) -> (canonical arrays, facts)`:
+  fresh head and extensions, every other parameter from the arrays (one error listing
+  every mismatch otherwise). In-memory sources (`hf_vit.params_from_hf`) use it too."""
   flat_fresh = _fresh_template(model, image_size=image_size, rng=rng)
   template = {k: tuple(v.shape) for k, v in flat_fresh.items()}
-  loaded, _ = _CONVERTERS[family](path, template=template, model=model,
-                                  image_hw=image_hw(model, image_size),
-                                  interpolation=interpolation)
-  merged = merge_into_template(loaded, flat_fresh, source=str(path),
-                               fresh=fresh_names(model))
+  loaded, _ = convert(template)
+  merged = merge_into_template(loaded, flat_fresh, source=source, fresh=fresh_names(model))
   return traverse_util.unflatten_dict(merged, sep="/")
 
 
@@ -250,26 +254,58 @@ def merge_into_template(loaded: dict[str, np.ndarray], template: dict[str, Any],
   return merged
 
 
-def _convert_vit(path: Path, *, template: dict, model: nn.Module,
-                 image_hw: tuple[int, int], interpolation: str) -> tuple[dict, dict]:
-  if path.suffix != ".npz":
-    raise CheckpointError(f"{path}: ViT checkpoints must be .npz files (vit_jax or "
-                          "big_vision layout)")
-  if not zipfile.is_zipfile(path):
-    raise CheckpointError(f"{path} is not an .npz (zip) archive; delete it if it is a "
-                          "partial download and try again")
-  try:
-    arrays = load_npz(path)
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise CheckpointError(f"cannot read {path} as .npz ({e}); delete it if it is a "
-                          "partial download and try again") from None
-  p = model.patch_size
-  return vit_npz.convert(arrays, template, grid_hw=(image_hw[0] // p, image_hw[1] // p),
-                         interpolation=interpolation)
+def value_range_of(name_or_path: str | os.PathLike) -> Optional[str]:
+  """The normalisation a checkpoint was trained with, from its own metadata, or None.
+
+  A registered name carries it (timm's `pretrained_cfg` of the tag); a local file
+  is read for a `config.json` beside it (timm Hub layout: `pretrained_cfg.mean/std`)
+  or a `preprocessor_config.json` (transformers: `image_mean/std`). Nothing is
+  downloaded; mean/std that match no named value range give None.
+  """
+  from heat_jax.data.preprocess import value_range_of as named
+  text = str(name_or_path or "")
+  info = get_checkpoint(text) if text else None
+  if info is not None:
+    return info.value_range or None
+  if not text or not os.path.isfile(text):
+    return None
+  folder = Path(text).parent
+  for filename, keys in (("config.json", ("mean", "std")),
+                         ("preprocessor_config.json", ("image_mean", "image_std"))):
+    meta = folder / filename
+    if not meta.is_file():
+      continue
+    try:
+      data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+      continue
+    cfg = data.get("pretrained_cfg", data) if isinstance(data, dict) else {}
+    if isinstance(cfg, dict) and all(k in cfg for k in keys):
+      return named(cfg[keys[0]], cfg[keys[1]])
+  return None
 
 
-register_converter("vit", _convert_vit)
-register_exporter("vit", Exporter(
-    "merged.npz", lambda path, params: write_npz(path, vit_npz.to_vit_jax(params)),
-    "vit_jax .npz (timm `_load_weights`, big_vision, heat_jax)"))
-from heat_jax.checkpoints import swin_timm  # noqa: E402,F401
+def auto_value_range(model_name: str, pretrained: str = "") -> str:
+  """What `config.data.value_range='auto'` means: the checkpoint's own normalisation
+  where its metadata says (`value_range_of`), else the model's registered one."""
+  from heat_jax.models import model_info
+  return value_range_of(pretrained) or model_info(model_name).value_range
+
+
+def provenance(name_or_path: str | os.PathLike) -> dict[str, Any]:
+  """What a checkpoint argument names, for results.json (beside its file and sha256):
+  `name` (the registered name, or the `hf-hub:` / URL / path given), `tag` (timm's
+  pretrained tag, e.g. `lvd142m`), `hf_repo`, `source` (where the file comes from)
+  and `value_range` (its own normalisation, when its metadata says)."""
+  text = str(name_or_path)
+  info = get_checkpoint(text)
+  repo = info.hf_repo if info is not None else ""
+  if info is None and text.startswith(HF_HUB):
+    repo = text[len(HF_HUB):].partition("@")[0]
+  arch_tag = (info.name if info is not None else repo).rpartition("/")[2]
+  tag = arch_tag.partition(".")[2] if repo.startswith("timm/") or (
+      info is not None and info.name.startswith("timm/")) else ""
+  source = ("Hugging Face Hub" if repo else "URL" if re.match(r"(https?|gs)://", text)
+            else "registered URL" if info is not None else "local file")
+  return {"name": info.name if info is not None else text, "tag": tag or None,
+          "hf_repo": repo or None, "source": source, "value_range": value_range_of(text)}

@@ -20,7 +20,7 @@ class CheckpointInfo:
   """A named checkpoint: where it lives and what it is."""
 
   name: str
-  family: str          # 'vit' or 'swin'
+  family: str          # the model Family it loads into: 'vit', 'timm_vit', 'swin'
   path: str            # path below the base URL, also the cache sub-path
   base_env: str        # environment variable that may override the base URL
   default_base: str
@@ -30,6 +30,7 @@ class CheckpointInfo:
   hf_repo: str = ""    # Hugging Face Hub model repository holding the file, if any
   hf_filename: str = ""
   hf_revision: str = "main"
+  value_range: str = ""  # the normalisation it was trained with (timm pretrained_cfg)
 
   @property
   def url(self) -> str:
@@ -65,7 +66,8 @@ def available_checkpoints() -> list[str]:
 
 def _vit(name: str, path: str, model: str, note: str, *aliases: str) -> None:
   register_checkpoint(CheckpointInfo(name, "vit", path, "HEAT_JAX_VIT_MODELS_URL",
-                                     VIT_MODELS_URL, model, note), *aliases)
+                                     VIT_MODELS_URL, model, note, value_range="minus1_1"),
+                      *aliases)
 
 
 # The original ImageNet-21k set (vit_jax); `ViT-B_16` is the file the PETL papers use.

@@ -62,7 +62,7 @@ import ml_collections
 
 from heat_jax.errors import ConfigError
 from heat_jax.methods.base import Method, MethodContext, register_method
-from heat_jax.models import model_defaults, model_family
+from heat_jax.models import create_model, model_architecture
 from heat_jax.models.extensions import Extension, Site, Tokens, register_extension
 from heat_jax.models.layers import DropPath
 from heat_jax.training import partition
@@ -440,13 +440,14 @@ class Hst(Method):
 
   def layout(self) -> Layout:
     model = self.config.model
-    if model_family(model.name) != "vit":
+    if model_architecture(model.name) not in HstSpec.families:
       raise ConfigError("hst is ViT-only: its per-block meta token joins each block's "
                         "global attention, which Swin's shifted windows have no place for; "
                         "use lora or adapter on Swin")
     size = model.image_size
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    return resolve(self.config.hst, num_layers=int(model_defaults(model.name)["num_layers"]),
+    num_layers = len(create_model(model.name, 1).heads_per_layer)
+    return resolve(self.config.hst, num_layers=num_layers,
                    image_hw=hw, model_drop_path=float(model.drop_path_rate))
 
   def extensions(self) -> tuple[Extension, ...]:

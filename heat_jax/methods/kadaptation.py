@@ -43,7 +43,7 @@ import numpy as np
 
 from heat_jax.errors import ConfigError
 from heat_jax.methods.base import Method, MethodContext, register_method
-from heat_jax.models import model_defaults, model_family
+from heat_jax.models import create_model
 from heat_jax.models.attention_paths import attention_paths, get_subtree
 from heat_jax.models.extensions import Extension, Site, register_extension
 from heat_jax.training import partition
@@ -209,11 +209,9 @@ def is_kadaptation(path: str) -> bool:
 
 
 def model_widths(model_name: str) -> list[int]:
-  """Every attention width of a named model (ViT: one; Swin: one per stage)."""
-  d = model_defaults(model_name)
-  if model_family(model_name) == "swin":
-    return [int(d["embed_dim"]) * 2 ** s for s in range(len(d["depths"]))]
-  return [int(d["hidden_size"])]
+  """Every attention width of a named model, in block order (ViT: one; Swin: one per
+  stage)."""
+  return list(dict.fromkeys(create_model(model_name, 1).widths))
 
 
 def kadaptation_spec(k: ml_collections.ConfigDict, model_name: str) -> KAdaptationSpec:

@@ -18,7 +18,7 @@ import ml_collections
 
 from heat_jax.errors import ConfigError
 from heat_jax.methods.base import Method, MethodContext, register_method
-from heat_jax.models import model_family
+from heat_jax.models import model_architecture
 from heat_jax.models.extensions import Extension, Site, register_extension
 from heat_jax.training import partition
 
@@ -73,7 +73,7 @@ class Vpt(Method):
       raise ConfigError(f"config.vpt.mode={v.mode!r} is not shallow or deep")
     if v.num_tokens < 1:
       raise ConfigError(f"config.vpt.num_tokens must be >= 1, got {v.num_tokens}")
-    if model_family(self.config.model.name) == "swin":
+    if model_architecture(self.config.model.name) not in VptSpec.families:
       raise ConfigError("vpt is not supported on Swin (prompts fit shifted windows "
                         "poorly); use lora or adapter")
     return (VptSpec(num_tokens=int(v.num_tokens), mode=v.mode),)

@@ -1,4 +1,9 @@
-"""Model building and the checks of config.model: `build_model` and `check_model_config`."""
+"""Model building and the checks of config.model: `build_model` and `check_model_config`.
+
+Both read the model's registered `Family` record (which config fields the module
+takes, which position-embedding methods its checkpoints accept) and the module's own
+geometry; neither knows a family by name.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,7 @@ import ml_collections
 
 from heat_jax import checkpoints, model_spec
 from heat_jax.errors import CheckpointError, ConfigError
-from heat_jax.models import create_model, model_defaults, model_family
-from heat_jax.resize import METHODS as RESIZE_METHODS
+from heat_jax.models import create_model, model_info
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -21,8 +25,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
   """The linen module for `config.model` with the method's extensions, and its spec."""
   fields = {"image_size": config.model.image_size,
             "drop_path_rate": config.model.drop_path_rate}
-  if model_family(config.model.name) == "vit":
-    fields["classifier"] = config.model.classifier
+  for name in model_info(config.model.name).config_fields:   # e.g. vit_jax's classifier
+    fields[name] = config.model[name]
   model = create_model(config.model.name, num_classes, extensions=tuple(extensions),
                        **fields, **({"dtype": jnp.bfloat16} if config.train.bf16 else {}))
   return model, model_spec.spec_of(config.model.name, num_classes, fields, extensions)
@@ -35,26 +39,27 @@ def _is_int(value: Any) -> bool:
 def check_model_config(config: ml_collections.ConfigDict) -> None:
   """config.model against the named model's geometry (no weights are read)."""
   m = config.model
-  family = model_family(m.name)            # ConfigError for an unknown name
+  info = model_info(m.name)                # ConfigError for an unknown name
   size = m.image_size
   if not _is_int(size) or size < 1:
     raise ConfigError(f"config.model.image_size must be a positive integer, got {size!r}")
-  patch = int(model_defaults(m.name).get("patch_size", 1))
+  patch = int(create_model(m.name, 1).patch_size)
   if size % patch:
     near = max(patch, round(size / patch) * patch)
     raise ConfigError(f"config.model.image_size={size} is not a multiple of {m.name}'s "
                       f"patch size {patch}; use e.g. {near}")
   if not 0 <= m.drop_path_rate < 1:
     raise ConfigError(f"config.model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
-  if family == "vit":
-    if m.classifier not in ("token", "gap"):
-      raise ConfigError(f"config.model.classifier={m.classifier!r} is not token or gap")
-    if m.posemb_interpolation not in RESIZE_METHODS:
-      raise ConfigError(f"config.model.posemb_interpolation={m.posemb_interpolation!r} is "
-                        f"not one of {RESIZE_METHODS}")
+  if "classifier" in info.config_fields and m.classifier not in ("token", "gap"):
+    raise ConfigError(f"config.model.classifier={m.classifier!r} is not token or gap")
+  methods = checkpoints.interpolations(info.name)
+  if methods and m.posemb_interpolation not in methods:
+    raise ConfigError(f"config.model.posemb_interpolation={m.posemb_interpolation!r} is "
+                      f"not one of {methods} ({m.name})")
   pretrained = str(m.pretrained or "")
   if pretrained and not (os.path.isfile(pretrained) or re.match(r"(https?|gs)://", pretrained)
-                         or checkpoints.get_checkpoint(pretrained) is not None):
+                         or checkpoints.get_checkpoint(pretrained) is not None
+                         or pretrained.startswith(checkpoints.HF_HUB)):
     if os.path.isdir(pretrained):
       raise CheckpointError(f"config.model.pretrained={pretrained} is a directory; pass the "
                             "checkpoint file in it (.npz, .safetensors, .pth)")
