@@ -12,6 +12,7 @@ import ml_collections
 
 from heat_jax.errors import ConfigError
 from heat_jax.methods import method_config_blocks
+from heat_jax.segmentation.head import default_config as seg_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -51,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Each method owns its options (`default_config()` in its file under heat_jax/methods).
   for block, defaults in method_config_blocks().items():
     c[block] = defaults
+
+  c.seg = seg_config()                  # segmentation runs (data.source seg_synthetic|ade20k)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3

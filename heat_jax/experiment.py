@@ -60,6 +60,7 @@ from heat_jax.training.checkpointing import TrainCheckpointer
 from heat_jax.training.metrics import MetricWriter, NullWriter
 from heat_jax.training.optimizer import WD_MASKS
 from heat_jax.training.trainer import Trainer, epoch_batches
+from heat_jax.segmentation import task as seg_task
 
 Log = Callable[[str], Any]
 RESULTS_FILE = "results.json"
@@ -107,6 +108,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
             "drop_path_rate": config.model.drop_path_rate}
   if model_family(config.model.name) == "vit":
     fields["classifier"] = config.model.classifier
+  if seg_task.is_dense(config):   # the task's head: a decoder instead of the classifier
+    extensions = tuple(extensions) + (seg_task.head_extension(config),)
   model = create_model(config.model.name, num_classes, extensions=tuple(extensions),
                        **fields, **({"dtype": jnp.bfloat16} if config.train.bf16 else {}))
   return model, model_spec.spec_of(config.model.name, num_classes, fields, extensions)
@@ -348,7 +351,9 @@ def _resume_point(config: ml_collections.ConfigDict, workdir: str, method: Metho
       f"{counts[0]:,} ({counts[1]:,} without the classifier) of {counts[2]:,}")
   trainer = Trainer(model, params, mask, config.optim, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, seed=config.seed,
-                    model_state=model_state, accum_steps=config.train.accum_steps)
+                    model_state=model_state, accum_steps=config.train.accum_steps,
+                    loss_fn=(seg_task.loss_fn(config, num_classes)
+                             if seg_task.is_dense(config) else None))
   state = trainer.initial_state()
   start = Start.FRESH
   if latest is not None:
@@ -414,14 +419,18 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
   def evaluate(epoch: float, step: int) -> None:
     def run() -> None:
       record: dict[str, Any] = {"epoch": epoch, "step": step}
-      record["test_top1"] = trainer.evaluate(state, task.test, t.eval_batch_size)["top1"]
-      if task.val is not None:
-        record["val_top1"] = trainer.evaluate(state, task.val, t.eval_batch_size)["top1"]
+      if seg_task.is_dense(p.config):
+        record.update(seg_task.trainer_record(p.config, trainer, state, task))
+      else:
+        record["test_top1"] = trainer.evaluate(state, task.test, t.eval_batch_size)["top1"]
+        if task.val is not None:
+          record["val_top1"] = trainer.evaluate(state, task.val, t.eval_batch_size)["top1"]
       history.append(record)
       writer.write(step, {f"eval/{k}": v for k, v in record.items() if k != "step"})
       with tqdm.external_write_mode(file=sys.stderr):   # the line, then the bar again
         log(f"step {step} (epoch {epoch:g}): " + ", ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k.endswith("_top1")))
+            f"{k} {v:.4f}" for k, v in record.items()
+            if k.endswith(("_top1", "_miou", "_pixel_acc"))))
     clock.side_work(run)
 
   def save(step: int) -> None:
@@ -517,8 +526,7 @@ def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
   results["fingerprint"] = p.fingerprint
   if primary:
     write_json(os.path.join(p.workdir, RESULTS_FILE), results)
-  log(f"{p.task.name} / {p.config.method.name}: test top-1 "
-      f"{results['test_top1']:.4f} (best epoch {results['best_test_top1']:.4f})")
+  log(summary_line(results))
   return results
 
 
@@ -546,16 +554,22 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
               images: int, steps: int) -> dict[str, Any]:
   """The results.json dict."""
   final = history[-1]
-  best = max(history, key=lambda r: r["test_top1"])
+  metric = "miou" if seg_task.is_dense(config) else "top1"
+  best = max(history, key=lambda r: r[f"test_{metric}"])
   val_selected = None
-  if task.val is not None and history and "val_top1" in history[0]:
-    val_selected = max(history, key=lambda r: r["val_top1"])["test_top1"]
+  if task.val is not None and history and f"val_{metric}" in history[0]:
+    val_selected = max(history, key=lambda r: r[f"val_{metric}"])[f"test_{metric}"]
+  scores = {f"test_{metric}": final[f"test_{metric}"],
+            f"best_test_{metric}": best[f"test_{metric}"],
+            "best_epoch": best["epoch"], f"val_{metric}": final.get(f"val_{metric}"),
+            f"val_selected_test_{metric}": val_selected}
+  if metric == "miou":
+    scores.update({k: final.get(k) for k in ("test_pixel_acc", "val_pixel_acc",
+                                             "test_iou_per_class")})
   return {
       "task": task.name, "method": config.method.name, "seed": int(config.seed),
-      "model": config.model.name, "checkpoint": base,
-      "test_top1": final["test_top1"], "best_test_top1": best["test_top1"],
-      "best_epoch": best["epoch"], "val_top1": final.get("val_top1"),
-      "val_selected_test_top1": val_selected,
+      "model": config.model.name, "checkpoint": base, "primary_metric": metric,
+      **scores,
       "num_test_examples": task.test.num_examples,
       "trainable_params": trainable[0], "trainable_params_no_head": trainable[1],
       "total_params": trainable[2], "steps": steps,
@@ -578,9 +592,11 @@ def _quiet(*_: Any) -> None:
 
 def summary_line(results: dict[str, Any]) -> str:
   """The one line a finished run prints on stdout (run.py)."""
-  return (f"{results['task']} / {results['method']}: test top-1 {results['test_top1']:.4f} "
-          f"(best epoch {results['best_test_top1']:.4f}), trainable parameters "
-          f"{results['trainable_params']:,}")
+  metric = results.get("primary_metric", "top1")
+  name = {"top1": "top-1", "miou": "mIoU"}.get(metric, metric)
+  return (f"{results['task']} / {results['method']}: test {name} "
+          f"{results[f'test_{metric}']:.4f} (best epoch {results[f'best_test_{metric}']:.4f}), "
+          f"trainable parameters {results['trainable_params']:,}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
@@ -600,8 +616,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   fingerprint = config_fingerprint(config)
   done = finished_results(config, workdir, fingerprint)
   if done is not None:
-    log(f"{workdir} already holds the finished run of this config: test top-1 "
-        f"{done['test_top1']:.4f}")
+    log(f"{workdir} already holds the finished run of this config: {summary_line(done)}")
     return done
   undo = workdir_lib.Undo(workdir)
   try:

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 DECODERS = ("upernet", "fpn")
@@ -38,18 +39,20 @@ def resize(x: Array, hw: Sequence[int], method: str = "bilinear") -> Array:
   return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), method, antialias=False)
 
 
-def adaptive_avg_pool(x: Array, size: int) -> Array:
-  """torch's AdaptiveAvgPool2d(size): bins [floor(i H / s), ceil((i + 1) H / s))."""
-  h, w = x.shape[1:3]
-  rows = []
+def _pool_matrix(n: int, size: int) -> np.ndarray:
+  """[size, n]: row i averages torch's adaptive bin [floor(i n / s), ceil((i + 1) n / s))."""
+  m = np.zeros((size, n), np.float32)
   for i in range(size):
-    y0, y1 = (i * h) // size, -(-((i + 1) * h) // size)
-    cols = []
-    for j in range(size):
-      x0, x1 = (j * w) // size, -(-((j + 1) * w) // size)
-      cols.append(jnp.mean(x[:, y0:y1, x0:x1], axis=(1, 2)))
-    rows.append(jnp.stack(cols, axis=1))
-  return jnp.stack(rows, axis=1)
+    a, b = (i * n) // size, -(-((i + 1) * n) // size)
+    m[i, a:b] = 1.0 / (b - a)
+  return m
+
+
+def adaptive_avg_pool(x: Array, size: int) -> Array:
+  """torch's AdaptiveAvgPool2d(size) as two small matrix products (one op each)."""
+  ph = jnp.asarray(_pool_matrix(x.shape[1], size), x.dtype)
+  pw = jnp.asarray(_pool_matrix(x.shape[2], size), x.dtype)
+  return jnp.einsum("sh,bhwc,tw->bstc", ph, x, pw)
 
 
 class ConvModule(nn.Module):

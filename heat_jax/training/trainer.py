@@ -74,6 +74,7 @@ class Trainer:
   seed: int = 0
   model_state: Optional[dict] = None
   accum_steps: int = 1
+  loss_fn: Optional[Any] = None        # (logits, labels, mask) -> loss; None = classification
 
   def __post_init__(self):
     if self.accum_steps < 1:
@@ -145,7 +146,8 @@ class Trainer:
       params = self.partition.model_params(trainable, frozen)
       logits, new_state = apply_model(self.model, params, model_state, batch["image"],
                                       train=True, rng=rng)
-      loss = losses.masked_cross_entropy(logits, batch["label"], batch["mask"])
+      loss = (self.loss_fn or losses.masked_cross_entropy)(logits, batch["label"],
+                                                           batch["mask"])
       return (loss if weight is None else loss * weight), new_state
 
     (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
