@@ -65,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.min_lr = 1e-5
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.schedule = "cosine"           # cosine | poly (mmseg: (1 - t/T) ** poly_power)
+  c.optim.poly_power = 1.0
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 100

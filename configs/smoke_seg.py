@@ -3,7 +3,7 @@
   python run.py --config=configs/smoke_seg.py:method=hst --workdir=/tmp/smoke_seg
   python run.py --config=configs/smoke_seg.py:method=lora,decoder=fpn
 
-Offline (`seg_synthetic`: 4 classes, 32 px, exact masks); UperNet (or Semantic FPN) of
+Offline (`seg_synthetic`: 4 classes, 64 px, exact masks); UperNet (or Semantic FPN) of
 width 32 on HST's dense side network (widths scaled down to 16,16,32,32 for the tiny
 backbone) or on the ViT neck of blocks 0-3 (lora, linear, full, heat). Sliding-window
 inference with a window as large as the image.
@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base_config()
   c.model.name = args.model
   c.model.pretrained = ""
-  c.model.image_size = 32
+  c.model.image_size = 64
   c.model.drop_path_rate = 0.0
   c.data.source = "seg_synthetic"
   c.data.num_classes = 4
