@@ -9,7 +9,7 @@ Usage:
 --config is a Python file whose get_config(arg) builds the config; the text after ':'
 is its arg (see the file's docstring: configs/vtab.py, configs/smoke.py,
 configs/demo.py). Any field can then be set with --config.<field>=<value>, e.g.
-  --config.method.name=lora        heat | linear | full | bitfit | lora | adapter | vpt
+  --config.method.name=lora        {methods}
   --config.model.name=Swin-B       --config.model.pretrained=/path/to/ViT-B_16.npz
   --config.heat.budget=0.5         --config.optim.lr=1e-3  --config.seed=1
   --config.train.resume=False      start over instead of resuming in --workdir
@@ -24,6 +24,10 @@ libraries' INFO logs (orbax, jax); --helpfull lists every flag.
 """
 
 from heat_jax import cli
+from heat_jax.methods import available_methods
+
+# --help prints this docstring: the method list is the registry's, never a copy.
+__doc__ = __doc__.format(methods=" | ".join(available_methods()))
 
 if __name__ == "__main__":
   cli.run()

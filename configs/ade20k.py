@@ -16,6 +16,7 @@ The data: see `heat_jax.data.ade20k` (folder or TFDS scene_parse150).
 import ml_collections
 
 from configs.common import base_config, parse_arg
+from heat_jax.tasks.segmentation import default_evals as seg_evals
 
 TRAIN_IMAGES = 20210
 BATCH = 16
@@ -27,6 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, method="hst", decoder="upernet", multiscale=False,
                    model="ViT-B_16", pretrained="ViT-B_16")
   c = base_config()
+  c.task_kind = "segmentation"
+  c.evals = seg_evals()
   c.model.name = args.model
   c.model.pretrained = args.pretrained
   c.model.image_size = 512

@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 
 from heat_jax.errors import ConfigError
+from heat_jax.evaluation import default_evals
 from heat_jax.methods import method_config_blocks
 from heat_jax.segmentation.head import default_config as seg_config
 
@@ -53,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   for block, defaults in method_config_blocks().items():
     c[block] = defaults
 
-  c.seg = seg_config()                  # segmentation runs (data.source seg_synthetic|ade20k)
+  c.seg = seg_config()                  # task_kind=segmentation: decoder, loss, inference
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
@@ -81,6 +82,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.resume = True
   c.train.export_merged = False
   c.train.progress = True
+
+  # What the model predicts and how it is measured (heat_jax.tasks, heat_jax.evaluation):
+  # evals = {name: {split, metrics (comma-separated), every_epochs (0 = train.eval_every_epochs)}};
+  # a split the data lacks (val) is skipped; results hold <name>_<metric> (test_top1, ...).
+  c.task_kind = "classification"
+  c.evals = default_evals()
   return c
 
 

@@ -12,11 +12,14 @@ inference with a window as large as the image.
 import ml_collections
 
 from configs.common import base_config, parse_arg
+from heat_jax.tasks.segmentation import default_evals as seg_evals
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, method="hst", decoder="upernet", model="ViT-demo", steps=40)
   c = base_config()
+  c.task_kind = "segmentation"
+  c.evals = seg_evals()
   c.model.name = args.model
   c.model.pretrained = ""
   c.model.image_size = 64

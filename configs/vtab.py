@@ -5,8 +5,8 @@ of `base_config()`, trained on `train800val200` and evaluated on `test`.
 
 Arguments (big_vision style, the first bare token is the task):
   task      one of the 19 ids in `heat_jax.data.vtab_tasks.TASK_NAMES` (`cifar` = cifar100)
-  method    any registered method: heat | linear | full | bitfit | lora | adapter | vpt | hst
-            | kadaptation (their options: --config.<method block>.*, see the README)
+  method    any registered method, `heat_jax.methods.available_methods()` (listed by
+            `python run.py --help`; options: --config.<method block>.*, see the README)
   rank      the method's rank-like field (`Method.rank_field`: LoRA rank, adapter width, ...)
   budget, scope, select    HEAT head selection (`config.heat.*`)
   strategy  importance strategy (`config.importance.strategy`)

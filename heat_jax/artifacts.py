@@ -160,12 +160,6 @@ def read_adapter_json(adapter_dir: str) -> dict:
   return read_adapter(adapter_dir)[0]
 
 
-def apply_adapter(base_params: dict, adapter_dir: str) -> dict:
-  """Returns `base_params` with the stored trained values written in."""
-  meta, arrays, _ = read_adapter(adapter_dir)
-  return _apply_entries(base_params, meta, arrays)
-
-
 def _model_state(meta: dict, arrays: dict, like: dict, where: str) -> dict:
   """The stored model state (e.g. batch statistics), checked against `like`."""
   stored = {k: arrays[STATE_PREFIX + k] for k in meta.get("model_state", {})}
@@ -174,12 +168,6 @@ def _model_state(meta: dict, arrays: dict, like: dict, where: str) -> dict:
     raise CheckpointError(f"{where}: the stored model state does not match the "
                           "model's (build the model with the adapter's model spec)")
   return partition.unflatten(stored) if stored else {}
-
-
-def adapter_model_state(adapter_dir: str, like: dict) -> dict:
-  """The stored model state (e.g. batch statistics), checked against `like`."""
-  meta, arrays, where = read_adapter(adapter_dir)
-  return _model_state(meta, arrays, like, where)
 
 
 def _apply_entries(base_params: dict, meta: dict, arrays: dict) -> dict:

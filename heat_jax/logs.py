@@ -52,12 +52,3 @@ def setup() -> None:
   if flags.FLAGS.is_parsed() or absl_logger.level != std_logging.NOTSET:
     return
   logging.set_verbosity(logging.INFO)
-
-
-def cli_defaults() -> None:
-  """What app.run does for logging, for entry points that parse absl flags themselves:
-  absl's handler (format, --log_dir, --logtostderr) and INFO unless --verbosity was given."""
-  logging.use_absl_handler()
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.INFO)
-  setup()

@@ -59,6 +59,7 @@ from heat_jax import absl_cli
 from heat_jax.data.vtab_tasks import GROUPS, TASK_NAMES, TASKS, tasks_in_group
 from heat_jax.errors import ConfigError, UserError
 from heat_jax.io_utils import write_json
+from heat_jax.methods import available_methods
 from heat_jax.sweep_table import FAILED_FILE, LOG_FILE, RESULTS_FILE, collect
 
 DEFAULT_CONFIG = "configs/vtab.py"
@@ -467,8 +468,8 @@ def run_sweep(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("tasks", "all", "Comma-separated task ids, the groups natural, "
                     "specialized, structured, or all (the 19 VTAB-1k tasks).", flag_values=FLAGS)
-flags.DEFINE_string("methods", "heat", "Comma-separated methods: heat, linear, full, bitfit, "
-                    "lora, adapter, vpt, hst, kadaptation.", flag_values=FLAGS)
+flags.DEFINE_string("methods", "heat", "Comma-separated methods: "
+                    f"{', '.join(available_methods())}.", flag_values=FLAGS)
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated integer seeds (config.seed).",
                     flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Sweep directory: runs go to "

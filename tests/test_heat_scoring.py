@@ -86,6 +86,7 @@ def test_heat_scores_through_the_probe_and_starts_from_it(tiny_config, tmp_path)
   model, params = _zero_head_params(c.seed)
   method = get_method(c)
   ctx = MethodContext(config=c, model=model, params=params, task=task, workdir=str(tmp_path))
+  method.fit(ctx)
   method.trainable_mask(ctx)
   start = method.initial_params(ctx)
 
@@ -108,6 +109,7 @@ def test_heat_scores_through_the_probe_and_starts_from_it(tiny_config, tmp_path)
   c2.importance.keep_probe = False
   other = get_method(c2)
   ctx2 = MethodContext(config=c2, model=model, params=params, task=task)
+  other.fit(ctx2)
   other.trainable_mask(ctx2)
   assert other.initial_params(ctx2) is params            # training starts from zeros
   assert other.info["tis_classifier"] == "probe" and "probe_kept" not in other.info
@@ -116,6 +118,7 @@ def test_heat_scores_through_the_probe_and_starts_from_it(tiny_config, tmp_path)
   c3.importance.classifier = "random"                     # trained from the probe
   third = get_method(c3)
   ctx3 = MethodContext(config=c3, model=model, params=params, task=task)
+  third.fit(ctx3)
   third.trainable_mask(ctx3)
   np.testing.assert_array_equal(third.initial_params(ctx3)["head"]["kernel"],
                                 start["head"]["kernel"])

@@ -1,5 +1,6 @@
 """Lower layers never import higher ones (style.md): models, data < importance,
-training < methods < experiment < cli; evaluation is below training."""
+training < methods < experiment < cli; evaluation and task kinds are below training;
+the driver's phases (loop, finalize, results, clock, feed) never import the driver."""
 
 import ast
 from pathlib import Path
@@ -14,7 +15,14 @@ FORBIDDEN = {
                "artifacts", "cli", "study", "sweep"),
     "data": ("models", "importance", "training", "methods", "evaluation", "experiment",
              "artifacts", "cli", "study", "sweep"),
-    "evaluation.py": ("training", "methods", "importance", "experiment", "cli"),
+    "evaluation.py": ("training", "methods", "importance", "experiment", "cli", "tasks"),
+    "tasks": ("training", "methods", "importance", "evaluation", "experiment", "cli",
+              "models", "data"),
+    "feed.py": ("training", "methods", "importance", "experiment", "cli", "models"),
+    "clock.py": ("training", "methods", "experiment", "cli", "models", "data"),
+    "results.py": ("training", "methods", "experiment", "cli", "loop", "finalize"),
+    "loop.py": ("methods", "experiment", "cli", "finalize", "study", "sweep"),
+    "finalize.py": ("methods", "experiment", "cli", "loop", "study", "sweep"),
     "importance": ("training", "methods", "experiment", "cli", "study", "sweep"),
     "training": ("methods", "importance", "experiment", "cli", "study", "sweep"),
     "methods": ("experiment", "cli", "study", "sweep"),

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from heat_jax import experiment
+from heat_jax import clock as clock_lib
 
 
 class FakeTime:
@@ -24,8 +24,8 @@ class FakeTime:
 
 def test_clock_measures_between_synchronisations(monkeypatch):
   fake = FakeTime()
-  monkeypatch.setattr(experiment.time, "time", fake.time)
-  clock = experiment._Clock(elapsed_before=5.0, train_before=3.0)
+  monkeypatch.setattr(clock_lib.time, "time", fake.time)
+  clock = clock_lib.Clock(elapsed_before=5.0, train_before=3.0)
 
   def steps(n: int, seconds: float) -> None:
     clock.sync_steps += n

@@ -11,6 +11,7 @@ import pytest
 
 from heat_jax import artifacts, checkpoints, experiment
 from heat_jax.data import build_task
+from heat_jax.methods import available_methods, method_class
 from heat_jax.methods.heat import head_lora_mask, head_weight_mask
 from heat_jax.models import create_model
 from heat_jax.methods.lora import LoraSpec
@@ -93,7 +94,13 @@ def test_heart_lora_masks_unselected_heads(tiny_config):
   assert n == 2 * (d * r + r * hd)
 
 
-@pytest.mark.parametrize("method", ["linear", "full", "bitfit", "lora", "adapter", "vpt"])
+# Every packaged method; heat, hst and kadaptation have learning tests of their own.
+LEARN_ELSEWHERE = ("heat", "hst", "kadaptation")
+PACKAGED = [m for m in available_methods()
+            if method_class(m).__module__.startswith("heat_jax.methods.")]
+
+
+@pytest.mark.parametrize("method", [m for m in PACKAGED if m not in LEARN_ELSEWHERE])
 def test_each_method_learns(tiny_config, method, tmp_path):
   c = tiny_config
   c.method.name = method

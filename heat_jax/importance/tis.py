@@ -1,6 +1,6 @@
 """Taylor-expansion importance scores (TIS) of every attention head in one jitted step.
 
-Strategies (see `shared/reference/heat.md`), for head h of layer l:
+Strategies (README.md, HEAT options), for head h of layer l:
 
   qkv   sum of |theta * dL/dtheta| over the head's q/k/v kernel and bias slices (and,
         on Swin, its column of the relative-position bias table)

@@ -5,13 +5,18 @@ A method is one module that defines a `Method` subclass registered with
   * `default_config()`: the config blocks it owns (`config.<block>.*`), collected into
     the base config by `configs/common.py`;
   * `validate()`: cheap checks of its options, before data or weights are touched;
+  * `fit(ctx)`: the method's data-dependent decision (HEAT: probe fit, TIS scoring,
+    head selection, importance files), run once before the one model build that trains;
+    a resumed run calls `restore(state)` instead. Default: nothing to decide;
   * `extensions()`: extension specs passed to the backbone (`heat_jax.models.extensions`:
     a delta on attention projections, branches around sub-blocks, prefix tokens, a
     head that reads every block), whose flax modules live in the method's file;
   * `trainable_mask(ctx)`: a flat mask over the loaded parameters (see
     `heat_jax.training.partition`); the engine chooses how to train it;
-  * `trained_extensions()`: the extensions of the model that trains, once the mask is
-    known (default: `extensions()`; Heart-LoRA adds its per-head mask);
+  * `trained_extensions()`: the extensions of the model that trains, after `fit`
+    (default: `extensions()`; Heart-LoRA adds its per-head mask);
+  `extensions()`, `trained_extensions()` and `trainable_mask()` are pure functions of
+  the config and the fitted state;
   * `initial_params(ctx)`: the parameters training starts from, once the mask is known
     (default: the loaded ones; HEAT may start from its fitted linear-probe classifier);
   * `resume_state()` / `restore(state)`: what a resumed run must reuse (e.g. the HEAT
@@ -30,6 +35,7 @@ import ml_collections
 
 from heat_jax.data.base import Task
 from heat_jax.errors import ConfigError
+from heat_jax.feed import Feed
 from heat_jax.models.extensions import Extension
 from heat_jax.training import partition
 
@@ -38,7 +44,12 @@ _METHODS: dict[str, type["Method"]] = {}
 
 @dataclasses.dataclass
 class MethodContext:
-  """What a method may look at when deciding what to train."""
+  """What a method may look at when deciding what to train.
+
+  `model` is the module built for `extensions()` (the pretrained backbone without
+  training-time state such as Heart-LoRA's head mask); `feed` the engine's mesh and batch
+  helper, the same path training and evaluation use.
+  """
 
   config: ml_collections.ConfigDict
   model: nn.Module
@@ -46,6 +57,7 @@ class MethodContext:
   task: Optional[Task] = None
   workdir: Optional[str] = None
   model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+  feed: Optional[Feed] = None
 
 
 class Method:
@@ -68,11 +80,20 @@ class Method:
     """Raises ConfigError on bad options; by default builds the extensions."""
     self.extensions()
 
+  def fit(self, ctx: MethodContext) -> None:
+    """The data-dependent decision (kept on the method, saved by `resume_state`)."""
+
   def extensions(self) -> tuple[Extension, ...]:
     return ()
 
   def trained_extensions(self) -> tuple[Extension, ...]:
     return self.extensions()
+
+  @property
+  def changes_model_after_fit(self) -> bool:
+    """Whether `trained_extensions()` differ from `extensions()` (then the model that
+    trains is built a second time, after `fit`; Heart-LoRA's head mask)."""
+    return False
 
   @property
   def mergeable(self) -> bool:

@@ -11,10 +11,11 @@ their out-kernel slices train (element masks inside the optimizer), plus the hea
 `heat.tune = 'lora'` (Heart-LoRA): LoRA on q and v (`lora.*`) whose update is masked
 per head in the forward pass (a fixed 0/1 factor), so unselected heads get no update
 whatever the factors hold; only the LoRA `b` columns of selected heads (and `a` of
-layers with any selected head) count as trainable. See ../shared/reference/heat.md.
+layers with any selected head) count as trainable. See README.md (HEAT options).
 
-The selection is computed once per run; a resumed run takes it back from its
-training checkpoint (`resume_state` / `restore`), never from loose workdir files.
+The selection is HEAT's `fit` step, computed once per run before the model that trains
+is built; a resumed run takes it back from its training checkpoint (`resume_state` /
+`restore`), never from loose workdir files.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from heat_jax.tasks import get_task_kind
 from heat_jax import distributed
-from heat_jax.errors import ConfigError
+from heat_jax.errors import CheckpointError, ConfigError
+from heat_jax.feed import Feed
 from heat_jax.methods.base import Method, MethodContext, register_method
 from heat_jax.methods.lora import lora_spec
-from heat_jax.models import create_model, head_layout
+from heat_jax.models import head_layout, named_head_layout
 from heat_jax.models.extensions import Extension
 from heat_jax.models.attention_paths import attention_paths, get_subtree
 from heat_jax.training import partition
@@ -195,7 +198,7 @@ class Heat(Method):
                         f"{imp.num_batches}")
     if h.select_seed < 0:
       raise ConfigError(f"config.heat.select_seed must be >= 0, got {h.select_seed}")
-    layout = head_layout(create_model(m.name, 1, image_size=m.image_size))
+    layout = named_head_layout(m.name, image_size=m.image_size)
     try:
       importance.select_heads(np.ones(layout.shape), h.budget, scope=h.scope,
                               select=h.select, seed=h.select_seed, valid=layout.valid,
@@ -224,53 +227,63 @@ class Heat(Method):
     return {"selected": self.selected.tolist(), "info": info}
 
   def restore(self, state: dict[str, Any]) -> None:
-    if "selected" in state:
-      self.selected = np.asarray(state["selected"], bool)
-      self.info.update(state.get("info", {}))
-      self.info["selection_restored"] = True
+    if "selected" not in state:   # a resumed run never scores again
+      raise CheckpointError("the run's checkpoint holds no HEAT head selection; rerun with "
+                            "--config.train.resume=False")
+    self.selected = np.asarray(state["selected"], bool)
+    self.info.update(state.get("info", {}))
+    self.info["selection_restored"] = True
 
-  def _scoring_params(self, ctx: MethodContext) -> dict:
+  @property
+  def changes_model_after_fit(self) -> bool:
+    return self.config.heat.tune == "lora"   # the head mask is a field of the LoRA module
+
+  def _scoring_params(self, ctx: MethodContext, feed: Feed) -> dict:
     """Parameters with the scoring classifier; fits the probe where one is needed."""
     imp = self.config.importance
-
-    def train_batches():
-      return ctx.task.train.batches(imp.batch_size, shuffle=False, pad=True)
-
+    # The probe's least squares needs every feature on every process: all rows.
+    batches = feed.batches(ctx.task.train, imp.batch_size, local=False)
     params, self.probe = scoring_params(
-        ctx.model, ctx.params, train_batches(), classifier=imp.classifier,
+        ctx.model, ctx.params, batches, classifier=imp.classifier,
         seed=int(self.config.seed), l2=float(imp.probe_l2), model_state=ctx.model_state)
     if imp.classifier == "random" and imp.keep_probe:   # a probe to start training from
       from heat_jax.importance import probe as probe_lib
-      self.probe = probe_lib.fit_head_probe(ctx.model, ctx.params, train_batches(),
-                                            l2=float(imp.probe_l2),
-                                            model_state=ctx.model_state)
+      self.probe = probe_lib.fit_head_probe(
+          ctx.model, ctx.params, feed.batches(ctx.task.train, imp.batch_size, local=False),
+          l2=float(imp.probe_l2), model_state=ctx.model_state)
     if self.probe is not None:
       self.info.update({f"probe_{k}": v for k, v in self.probe.info().items()})
     return params
 
-  def select(self, ctx: MethodContext) -> np.ndarray:
-    """Computes TIS on the training data and selects heads (saved to the workdir)."""
+  def fit(self, ctx: MethodContext) -> None:
+    """Computes TIS on the training data and selects heads (saved to the workdir).
+
+    With a restored selection (a resumed run) only its shape is checked.
+    """
     from heat_jax import importance  # the scoring stack is only needed here
     layout = head_layout(ctx.model)
     if self.selected is not None:
       if self.selected.shape != layout.shape:
         raise ConfigError(f"the checkpoint's head selection has shape "
                           f"{self.selected.shape}, the model {layout.shape}")
-      return self.selected
+      return
     if ctx.task is None:
       raise ConfigError("heat needs training data to score heads")
     imp, h = self.config.importance, self.config.heat
+    feed = ctx.feed or Feed.create()
     start = time.time()   # tis_seconds: the probe (if any) and the scoring pass
-    params = self._scoring_params(ctx)
+    params = self._scoring_params(ctx, feed)
     # Sharded like training: over every device of every process, each process loading
     # its rows of every batch; every process gets the same scores and selection.
-    mesh = distributed.make_mesh()
-    rows = distributed.local_rows(distributed.batch_sharding(mesh), imp.batch_size)
-    batches = ctx.task.train.batches(imp.batch_size, shuffle=False, pad=True, rows=rows)
+    batches = feed.batches(ctx.task.train, imp.batch_size)
+    kind = get_task_kind(self.config.get("task_kind", "classification"), self.config)
+    loss_fn = (None if kind.name == "classification"   # TIS through the task's own loss
+               else lambda logits, label, mask: kind.loss(logits, {"label": label,
+                                                                   "mask": mask}))
     scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
-                                    num_batches=imp.num_batches or None,
+                                    num_batches=imp.num_batches or None, loss_fn=loss_fn,
                                     normalize=imp.normalize, model_state=ctx.model_state,
-                                    mesh=mesh)
+                                    mesh=feed.mesh)
     if not np.any(scores[layout.valid]):
       raise ConfigError(f"all head importance scores are 0 (no gradient reaches the "
                         f"attention heads through the {imp.classifier!r} classifier), so "
@@ -292,7 +305,6 @@ class Heat(Method):
                                  selected, valid=layout.valid,
                                  title=f"TIS ({imp.strategy}), {h.select} heads kept")
     self.selected = selected
-    return selected
 
   def initial_params(self, ctx: MethodContext) -> dict:
     """With `importance.keep_probe`, training starts from the probe (LP-FT style)."""
@@ -304,7 +316,9 @@ class Heat(Method):
     return probe_lib.with_probe(ctx.params, self.probe)
 
   def trainable_mask(self, ctx: MethodContext) -> partition.FlatMask:
-    selected = self.select(ctx)
+    if self.selected is None:
+      raise RuntimeError("heat: call fit(ctx) (or restore a selection) before trainable_mask")
+    selected = self.selected
     self.info.setdefault("heads_selected", int(selected.sum()))
     if self.config.heat.tune == "lora":
       mask = head_lora_mask(ctx.params, selected)

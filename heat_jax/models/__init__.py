@@ -2,9 +2,9 @@
 
 from heat_jax.models.registry import (HeadLayout, available_models, create_model,
                                       head_layout, model_defaults, model_family,
-                                      register_model)
+                                      named_head_layout, register_model)
 # Importing a *_configs module registers its named models.
 from heat_jax.models import swin_configs, vit_configs  # noqa: F401,E402
 
 __all__ = ["HeadLayout", "available_models", "create_model", "head_layout",
-           "model_defaults", "model_family", "register_model"]
+           "model_defaults", "model_family", "named_head_layout", "register_model"]

@@ -192,11 +192,6 @@ def extension_class(kind: str) -> type[Extension]:
   return _EXTENSIONS[kind]
 
 
-def extension_param_names() -> tuple[str, ...]:
-  """Every parameter subtree name any registered extension adds."""
-  return tuple(sorted({n for c in _EXTENSIONS.values() for n in c.param_names}))
-
-
 def to_dict(ext: Extension) -> dict[str, Any]:
   """JSON-able {'kind', 'fields'} of an extension spec (tuples become lists)."""
   return {"kind": ext.kind, "fields": _jsonable(dataclasses.asdict(ext))}

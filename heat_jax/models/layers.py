@@ -297,7 +297,7 @@ def drop_path_rates(rate: float, depth: int) -> list[float]:
   return [rate * i / (depth - 1) for i in range(depth)]
 
 
-def gates_or_ones(head_gates: Optional[Array], shape: Sequence[int]) -> Optional[Array]:
+def check_gates(head_gates: Optional[Array], shape: Sequence[int]) -> Optional[Array]:
   """Validates a `[layers, heads]` gate array; None stays None (plain model)."""
   if head_gates is None:
     return None

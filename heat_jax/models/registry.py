@@ -7,6 +7,7 @@ else builds models through `create_model(name, num_classes, **overrides)`.
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -93,6 +94,17 @@ class HeadLayout:
 def head_layout(model: nn.Module) -> HeadLayout:
   """The head layout (layers x heads) of a ViT or Swin module."""
   return HeadLayout(tuple(int(h) for h in model.heads_per_layer))
+
+
+def named_head_layout(name: str, **overrides: Any) -> HeadLayout:
+  """The head layout of a registered model from its geometry, without building a module
+  (the module class's own `heads_per_layer`, read off its registered fields)."""
+  _check_name(name)
+  constructor, defaults = _MODELS[name]
+  fields = {f.name: f.default for f in dataclasses.fields(constructor)
+            if f.default is not dataclasses.MISSING}
+  geometry = types.SimpleNamespace(**{**fields, **defaults, **overrides})
+  return HeadLayout(tuple(int(h) for h in constructor.heads_per_layer.fget(geometry)))
 
 
 def _check_name(name: str) -> None:

@@ -288,7 +288,7 @@ class Swin(nn.Module):
       raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
     deterministic = not train
     per_block = self.heads_per_layer
-    head_gates = layers.gates_or_ones(head_gates, (len(per_block), max(per_block)))
+    head_gates = layers.check_gates(head_gates, (len(per_block), max(per_block)))
     _, h, w, _ = images.shape
     p = self.patch_size
     if h % p or w % p:

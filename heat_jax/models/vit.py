@@ -112,7 +112,7 @@ class ViT(nn.Module):
     if self.classifier not in ("token", "gap"):
       raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
     deterministic = not train
-    head_gates = layers.gates_or_ones(head_gates, (self.num_layers, self.num_heads))
+    head_gates = layers.check_gates(head_gates, (self.num_layers, self.num_heads))
     b, h, w, _ = images.shape
     p = self.patch_size
     if h % p or w % p:

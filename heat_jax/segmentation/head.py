@@ -31,12 +31,11 @@ from heat_jax.models import decoders
 from heat_jax.models.extensions import Extension, Tokens, register_extension
 
 Array = jax.Array
-SEGMENTATION_SOURCES = ("seg_synthetic", "ade20k")
 
 
 def is_dense(config: ml_collections.ConfigDict) -> bool:
-  """Whether `config` describes a segmentation run (its data source is a dense one)."""
-  return str(config.data.source) in SEGMENTATION_SOURCES
+  """Whether `config` describes a segmentation run (`config.task_kind`)."""
+  return config.get("task_kind", "classification") == "segmentation"
 
 
 def split_logits(logits: Array, num_classes: int) -> tuple[Array, Optional[Array]]:

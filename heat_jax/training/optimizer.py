@@ -41,7 +41,8 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, *, total_steps: int
 
 
 def weight_decay_mask(trainable: Any, rule: str) -> Any:
-  """Which trainable leaves are decayed (a recipe choice; see jax_stack.md §2)."""
+  """Which trainable leaves are decayed: a recipe choice (PyTorch PETL code decays every
+  trainable tensor, HST those with ndim > 1, big_vision the kernels)."""
   if rule not in WD_MASKS:
     raise ConfigError(f"config.optim.wd_mask={rule!r} is not one of {WD_MASKS}")
   flat = partition.flatten(trainable)
@@ -99,3 +100,17 @@ def _where(mask: Any, on: jax.Array, off: jax.Array) -> jax.Array:
   """`on` where the 0/1 mask is 1 (a scalar mask means the whole leaf is trainable)."""
   mask = jnp.asarray(mask)
   return on if mask.ndim == 0 else jnp.where(mask > 0, on, off)
+
+
+def check_config(o: ml_collections.ConfigDict) -> None:
+  """config.optim: learning rate, decay, clipping, schedule and Adam fields."""
+  if o.lr <= 0:
+    raise ConfigError(f"config.optim.lr must be > 0, got {o.lr}")
+  for name in ("weight_decay", "clip_norm", "warmup_epochs", "warmup_init_lr", "min_lr"):
+    if o[name] < 0:
+      raise ConfigError(f"config.optim.{name} must be >= 0, got {o[name]}")
+  for name in ("b1", "b2"):
+    if not 0 <= o[name] < 1:
+      raise ConfigError(f"config.optim.{name} must be in [0, 1), got {o[name]}")
+  if o.wd_mask not in WD_MASKS:
+    raise ConfigError(f"config.optim.wd_mask={o.wd_mask!r} is not one of {WD_MASKS}")

@@ -29,12 +29,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from heat_jax import distributed, losses
+from heat_jax import distributed
+from heat_jax.errors import ConfigError
 from heat_jax.evaluation import evaluate, make_eval_step
+from heat_jax.feed import Feed
 from heat_jax.models.apply import apply_model
 from heat_jax.models.attention_paths import ATTENTION_CHILDREN, attention_paths
+from heat_jax.tasks import TaskKind, get_task_kind
 from heat_jax.training import optimizer, partition
 
 State = dict[str, Any]
@@ -63,6 +65,7 @@ class Trainer:
   """Builds the optimizer and the compiled steps for one model and trainable mask.
 
   `accum_steps`: micro-batches per optimizer step (the batch size must divide by it).
+  `task_kind` gives the loss and the evaluation sums; `feed` the mesh and batches.
   """
 
   model: nn.Module
@@ -74,7 +77,8 @@ class Trainer:
   seed: int = 0
   model_state: Optional[dict] = None
   accum_steps: int = 1
-  loss_fn: Optional[Any] = None        # (logits, labels, mask) -> loss; None = classification
+  task_kind: Optional[TaskKind] = None
+  feed: Optional[Feed] = None
 
   def __post_init__(self):
     if self.accum_steps < 1:
@@ -86,14 +90,17 @@ class Trainer:
     self.tx, self.schedule = optimizer.make_optimizer(
         self.optim, trainable, self.masks, total_steps=self.total_steps,
         steps_per_epoch=self.steps_per_epoch)
-    self.mesh = make_mesh()
-    self.replicated = NamedSharding(self.mesh, P())
-    self.data_sharding = NamedSharding(self.mesh, P("data"))
+    self.task_kind = self.task_kind or get_task_kind("classification")
+    self.feed = self.feed or Feed.create()
+    self.mesh = self.feed.mesh
+    self.replicated = self.feed.replicated
+    self.data_sharding = self.feed.data_sharding
     self.frozen = distributed.replicate(frozen, self.replicated)
     self._init_trainable = trainable
     self._train_step = jax.jit(self._step, donate_argnums=(0,),
                                compiler_options=compiler_options(self.mesh))
-    self._eval_step = make_eval_step(self.predict)
+    self._eval_step = make_eval_step(self.task_kind.eval_predict(self.predict),
+                                     self.task_kind.eval_sums)
 
   def initial_state(self) -> State:
     # Built in this process, then replicated over the (possibly multi-process) mesh.
@@ -106,14 +113,11 @@ class Trainer:
 
   def local_rows(self, batch_size: int) -> np.ndarray:
     """Positions of a global batch that this process loads (all rows in one process)."""
-    return distributed.local_rows(self.data_sharding, batch_size)
+    return self.feed.rows(batch_size)
 
   def put_batch(self, batch: dict) -> dict:
     """The global batch from this process's rows (`local_rows`) of it."""
-    n = len(self.mesh.local_devices)
-    if len(batch["label"]) % n:
-      raise ValueError(f"batch of {len(batch['label'])} is not divisible by {n} devices")
-    return distributed.put_batch(batch, self.data_sharding)
+    return self.feed.put(batch)
 
   def _step(self, state: State, frozen: Any, batch: dict) -> tuple[State, dict]:
     rng = jax.random.wrap_key_data(state["rng"])
@@ -146,8 +150,7 @@ class Trainer:
       params = self.partition.model_params(trainable, frozen)
       logits, new_state = apply_model(self.model, params, model_state, batch["image"],
                                       train=True, rng=rng)
-      loss = (self.loss_fn or losses.masked_cross_entropy)(logits, batch["label"],
-                                                           batch["mask"])
+      loss = self.task_kind.loss(logits, batch)
       return (loss if weight is None else loss * weight), new_state
 
     (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
@@ -193,8 +196,10 @@ class Trainer:
     return self._train_step(state, self.frozen, self.put_batch(batch))
 
   def evaluate(self, state: State, split, batch_size: int) -> dict[str, float]:
-    return evaluate(self._eval_step, self.eval_args(state), split, batch_size,
-                    put_batch=self.put_batch, rows=self.local_rows(batch_size))
+    """The task kind's metrics of the current state over every example of `split`."""
+    return evaluate(self._eval_step, self.eval_args(state), split,
+                    self.feed.batches(split, batch_size), self.task_kind.metrics,
+                    put_batch=self.put_batch)
 
   def full_params(self, state: State) -> dict:
     """The complete parameter tree (host numpy) for the current state."""
@@ -214,8 +219,31 @@ def attention_kernels(params: dict) -> list[str]:
 def epoch_batches(split, batch_size: int, *, seed: int, epoch: int, skip: int = 0,
                   rows: Optional[np.ndarray] = None) -> Iterator[dict]:
   """Shuffled, drop-remainder training batches of one epoch, skipping the first `skip`;
-  `rows`: only this process's share of each batch (`Trainer.local_rows`)."""
+  `rows`: only this process's share of each batch (the engine uses `Feed.epoch`)."""
   for i, batch in enumerate(split.batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
                                           drop_remainder=True, rows=rows)):
     if i >= skip:
       yield batch
+
+
+def check_config(train: ml_collections.ConfigDict) -> None:
+  """config.train: batch sizes against the devices, step counts and frequencies."""
+  t = train
+  if t.batch_size < 1 or t.eval_batch_size < 1:
+    raise ConfigError("config.train.batch_size and eval_batch_size must be >= 1")
+  n_dev = jax.device_count()  # every device of every process holds a part of a batch
+  where = "" if jax.process_count() == 1 else f" of the {jax.process_count()} processes"
+  if t.batch_size % n_dev or t.eval_batch_size % n_dev:
+    raise ConfigError(f"batch sizes ({t.batch_size}, {t.eval_batch_size}) must be "
+                      f"divisible by the {n_dev} devices{where}")
+  if t.accum_steps < 1 or t.batch_size % (t.accum_steps * n_dev):
+    raise ConfigError(f"config.train.accum_steps={t.accum_steps} must be >= 1 and divide "
+                      f"config.train.batch_size={t.batch_size} into micro-batches that "
+                      f"split evenly over the {n_dev} devices{where}")
+  if t.epochs < 1:
+    raise ConfigError(f"config.train.epochs must be >= 1, got {t.epochs}")
+  for name in ("log_every_steps", "eval_every_epochs", "checkpoint_every_steps"):
+    if t[name] < 1:
+      raise ConfigError(f"config.train.{name} must be >= 1, got {t[name]}")
+  if t.max_steps < 0:
+    raise ConfigError(f"config.train.max_steps must be >= 0 (0 = no cap), got {t.max_steps}")

@@ -1,0 +1,65 @@
+"""Model building and the checks of config.model: `build_model` and `check_model_config`."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import re
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from heat_jax import checkpoints, model_spec
+from heat_jax.errors import CheckpointError, ConfigError
+from heat_jax.models import create_model, model_defaults, model_family
+from heat_jax.resize import METHODS as RESIZE_METHODS
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                extensions: tuple = ()) -> tuple[Any, dict]:
+  """The linen module for `config.model` with the method's extensions (then the task
+  kind's, e.g. a segmentation decoder), and its spec."""
+  from heat_jax.tasks import get_task_kind   # noqa: PLC0415 (tasks import models)
+  extensions = tuple(extensions) + get_task_kind(
+      config.get("task_kind", "classification"), config).extensions()
+  fields = {"image_size": config.model.image_size,
+            "drop_path_rate": config.model.drop_path_rate}
+  if model_family(config.model.name) == "vit":
+    fields["classifier"] = config.model.classifier
+  model = create_model(config.model.name, num_classes, extensions=tuple(extensions),
+                       **fields, **({"dtype": jnp.bfloat16} if config.train.bf16 else {}))
+  return model, model_spec.spec_of(config.model.name, num_classes, fields, extensions)
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_model_config(config: ml_collections.ConfigDict) -> None:
+  """config.model against the named model's geometry (no weights are read)."""
+  m = config.model
+  family = model_family(m.name)            # ConfigError for an unknown name
+  size = m.image_size
+  if not _is_int(size) or size < 1:
+    raise ConfigError(f"config.model.image_size must be a positive integer, got {size!r}")
+  patch = int(model_defaults(m.name).get("patch_size", 1))
+  if size % patch:
+    near = max(patch, round(size / patch) * patch)
+    raise ConfigError(f"config.model.image_size={size} is not a multiple of {m.name}'s "
+                      f"patch size {patch}; use e.g. {near}")
+  if not 0 <= m.drop_path_rate < 1:
+    raise ConfigError(f"config.model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
+  if family == "vit":
+    if m.classifier not in ("token", "gap"):
+      raise ConfigError(f"config.model.classifier={m.classifier!r} is not token or gap")
+    if m.posemb_interpolation not in RESIZE_METHODS:
+      raise ConfigError(f"config.model.posemb_interpolation={m.posemb_interpolation!r} is "
+                        f"not one of {RESIZE_METHODS}")
+  pretrained = str(m.pretrained or "")
+  if pretrained and not (os.path.isfile(pretrained) or re.match(r"(https?|gs)://", pretrained)
+                         or checkpoints.get_checkpoint(pretrained) is not None):
+    if os.path.isdir(pretrained):
+      raise CheckpointError(f"config.model.pretrained={pretrained} is a directory; pass the "
+                            "checkpoint file in it (.npz, .safetensors, .pth)")
+    checkpoints.resolve_checkpoint(pretrained)   # raises the not-found / unknown-name line
