@@ -49,6 +49,7 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
       f"test_{m}": final[f"test_{m}"], f"best_test_{m}": best[f"test_{m}"],
       "best_epoch": best["epoch"], f"val_{m}": final.get(f"val_{m}"),
       f"val_selected_test_{m}": val_selected, **(others if m != "top1" else {}),
+      **({"palette": task.info["palette"]} if "palette" in task.info else {}),
       "num_test_examples": task.test.num_examples,
       "trainable_params": trainable[0], "trainable_params_no_head": trainable[1],
       "total_params": trainable[2], "steps": steps,
