@@ -3,11 +3,15 @@ majority class on the synthetic task; a frozen backbone stays bit-identical."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from absl import logging
+from PIL import Image
 
 from configs.smoke_seg import get_config
+from heat_jax.data.seg_synthetic import generate_split
 from heat_jax import experiment
 from heat_jax.data import build_task
 from heat_jax.loop import train
@@ -56,3 +60,20 @@ def test_hst_with_semantic_fpn_beats_the_majority_class(tmp_path):
   assert results["test_miou"] > majority_miou(config) + 0.05
   assert os.path.exists(tmp_path / "adapter.npz")
   assert results["method_info"]["hst"]["widths"] == [16, 16, 32, 32]
+
+  # predict writes one palette PNG per image with class indices, at the image's size.
+  images, labels = generate_split("test", 1, seed=5, size=64)
+  Image.fromarray(images[0]).save(tmp_path / "shape.png")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "heat_jax.predict", f"--workdir={tmp_path}",
+                        f"--mask_dir={tmp_path / 'masks'}", "--noprogress",
+                        str(tmp_path / "shape.png")], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": root}, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  with Image.open(tmp_path / "masks" / "shape.png") as mask:
+    assert mask.mode == "P" and mask.size == (64, 64)
+    pred = np.asarray(mask)
+  assert pred.max() < 4
+  keep = labels[0] != 255
+  assert (pred[keep] == labels[0][keep]).mean() > 0.5     # mostly right, not all zeros
+  assert (pred > 0).any()
