@@ -13,6 +13,7 @@ import ml_collections
 from heat_jax.errors import ConfigError
 from heat_jax.evaluation import default_evals
 from heat_jax.methods import method_config_blocks
+from heat_jax.segmentation.head import default_config as seg_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -54,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   for block, defaults in method_config_blocks().items():
     c[block] = defaults
 
+  c.seg = seg_config()                  # task_kind=segmentation: decoder, loss, inference
+
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
   c.optim.weight_decay = 1e-4
@@ -64,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.min_lr = 1e-5
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.schedule = "cosine"           # cosine | poly (mmseg: (1 - t/T) ** poly_power)
+  c.optim.poly_power = 1.0
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 100

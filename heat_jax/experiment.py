@@ -121,7 +121,8 @@ def validate(config: ml_collections.ConfigDict) -> Method:
   check_model_config(config)
   trainer_lib.check_config(config.train)
   optimizer.check_config(config.optim)
-  kind = get_task_kind(config.task_kind)
+  kind = get_task_kind(config.task_kind, config)
+  kind.validate()
   evaluation.check_evals(config.evals, kind.metric_names)
   check_data_config(config.data, auto_value_range=checkpoints.auto_value_range(
       config.model.name, config.model.pretrained))
@@ -238,7 +239,7 @@ def open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
 def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
             fingerprint: str, log: Log) -> Prepared:
   """Data, the model, the method's decision, the trainer and the resume point."""
-  kind = get_task_kind(config.task_kind)
+  kind = get_task_kind(config.task_kind, config)
   # Data first: a missing dataset fails in seconds, before any download.
   task, num_outputs, steps_per_epoch, total_steps = load_data(config, kind)
   model, spec = build_model(config, num_outputs, method.extensions())
@@ -304,8 +305,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   fingerprint = config_fingerprint(config)
   done = finished_results(config, workdir, fingerprint)
   if done is not None:
-    log(f"{workdir} already holds the finished run of this config: test top-1 "
-        f"{done['test_top1']:.4f}")
+    log(f"{workdir} already holds the finished run of this config: {summary_line(done)}")
     return done
   undo = workdir_lib.Undo(workdir)
   try:

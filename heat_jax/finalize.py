@@ -43,6 +43,5 @@ def finalize(p: Any, state: Any, history: list[dict], clock: Clock,
   out["fingerprint"] = p.fingerprint
   if primary:
     write_json(os.path.join(p.workdir, results.RESULTS_FILE), out)
-  log(f"{p.task.name} / {p.config.method.name}: test top-1 "
-      f"{out['test_top1']:.4f} (best epoch {out['best_test_top1']:.4f})")
+  log(results.summary_line(out))
   return out

@@ -56,6 +56,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("skip_unreadable", False, "Leave unreadable images out (a warning "
                     "each) instead of stopping.")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+  flags.DEFINE_string("mask_dir", "", "Segmentation runs: write one label PNG (palette; "
+                      "pixel = class index) per image here (default WORKDIR/masks).")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -87,7 +89,8 @@ def run_info(workdir: str) -> dict[str, Any]:
     names = [str(i) for i in range(num_classes)]
   return {"preprocess": pre, "class_names": [str(n) for n in names],
           "num_classes": num_classes, "method": results.get("method"),
-          "task": results.get("task")}
+          "task": results.get("task"), "config": results.get("config", {}),
+          "palette": results.get("palette")}
 
 
 def image_paths(paths: Sequence[str], folder: str) -> list[str]:
@@ -202,6 +205,13 @@ def main(argv: Sequence[str]) -> int:
   from heat_jax.artifacts import load_adapter
   model, variables = load_adapter(FLAGS.workdir, base=FLAGS.base or None,
                                   check_base=FLAGS.check_base)
+  if info["config"].get("task_kind") == "segmentation":   # label PNGs, not top-k
+    from heat_jax.segmentation.masks import write_masks
+    out_dir = FLAGS.mask_dir or os.path.join(FLAGS.workdir, "masks")
+    for path in write_masks(model, variables, paths, info["config"], out_dir,
+                            info.get("palette")):
+      print(path)
+    return 0
   top_k = min(FLAGS.top_k, info["num_classes"])
   logging.info(f"{info['method']} run on {info['task']} ({FLAGS.workdir}): top-{top_k} of "
                f"{info['num_classes']} classes for {len(paths)} images")

@@ -34,19 +34,24 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
               trainable: tuple[int, int, int], wall: float, train_time: float,
               images: int, steps: int) -> dict[str, Any]:
   """The results.json dict."""
+  from heat_jax.tasks import get_task_kind   # noqa: PLC0415
+  m = get_task_kind(config.get("task_kind", "classification")).metric_names[0]
   final = history[-1]   # the final evaluation holds every config.evals entry
-  tested = [r for r in history if "test_top1" in r]   # evals may run at other epochs
-  best = max(tested, key=lambda r: r["test_top1"])
+  tested = [r for r in history if f"test_{m}" in r]   # evals may run at other epochs
+  best = max(tested, key=lambda r: r[f"test_{m}"])
   val_selected = None
-  both = [r for r in tested if "val_top1" in r]
+  both = [r for r in tested if f"val_{m}" in r]
   if task.val is not None and both:
-    val_selected = max(both, key=lambda r: r["val_top1"])["test_top1"]
+    val_selected = max(both, key=lambda r: r[f"val_{m}"])[f"test_{m}"]
+  others = {k: v for k, v in final.items() if k not in ("epoch", "step")
+            and k not in (f"test_{m}", f"val_{m}")}   # e.g. test_pixel_acc
   return {
       "task": task.name, "method": config.method.name, "seed": int(config.seed),
-      "model": config.model.name, "checkpoint": base,
-      "test_top1": final["test_top1"], "best_test_top1": best["test_top1"],
-      "best_epoch": best["epoch"], "val_top1": final.get("val_top1"),
-      "val_selected_test_top1": val_selected,
+      "model": config.model.name, "checkpoint": base, "primary_metric": m,
+      f"test_{m}": final[f"test_{m}"], f"best_test_{m}": best[f"test_{m}"],
+      "best_epoch": best["epoch"], f"val_{m}": final.get(f"val_{m}"),
+      f"val_selected_test_{m}": val_selected, **(others if m != "top1" else {}),
+      **({"palette": task.info["palette"]} if "palette" in task.info else {}),
       "num_test_examples": task.test.num_examples,
       "trainable_params": trainable[0], "trainable_params_no_head": trainable[1],
       "total_params": trainable[2], "steps": steps,
@@ -62,6 +67,8 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
 
 def summary_line(results: dict[str, Any]) -> str:
   """The one line a finished run prints on stdout (run.py)."""
-  return (f"{results['task']} / {results['method']}: test top-1 {results['test_top1']:.4f} "
-          f"(best epoch {results['best_test_top1']:.4f}), trainable parameters "
-          f"{results['trainable_params']:,}")
+  m = results.get("primary_metric", "top1")
+  name = {"top1": "top-1", "miou": "mIoU"}.get(m, m)
+  return (f"{results['task']} / {results['method']}: test {name} "
+          f"{results[f'test_{m}']:.4f} (best epoch {results[f'best_test_{m}']:.4f}), "
+          f"trainable parameters {results['trainable_params']:,}")

@@ -15,7 +15,9 @@ from heat_jax.errors import ConfigError
 
 _SOURCES: dict[str, Callable[..., Task]] = {}
 _SOURCE_MODULES = {"tfds": "heat_jax.data.tfds_source", "folder": "heat_jax.data.folder",
-                   "synthetic": "heat_jax.data.synthetic"}
+                   "synthetic": "heat_jax.data.synthetic",
+                   "seg_synthetic": "heat_jax.data.seg_synthetic",
+                   "ade20k": "heat_jax.data.ade20k"}
 
 
 def register_source(name: str, builder: Callable[..., Task]) -> None:

@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from heat_jax.tasks import get_task_kind
 from heat_jax import distributed
 from heat_jax.errors import CheckpointError, ConfigError
 from heat_jax.feed import Feed
@@ -275,8 +276,12 @@ class Heat(Method):
     # Sharded like training: over every device of every process, each process loading
     # its rows of every batch; every process gets the same scores and selection.
     batches = feed.batches(ctx.task.train, imp.batch_size)
+    kind = get_task_kind(self.config.get("task_kind", "classification"), self.config)
+    loss_fn = (None if kind.name == "classification"   # TIS through the task's own loss
+               else lambda logits, label, mask: kind.loss(logits, {"label": label,
+                                                                   "mask": mask}))
     scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
-                                    num_batches=imp.num_batches or None,
+                                    num_batches=imp.num_batches or None, loss_fn=loss_fn,
                                     normalize=imp.normalize, model_state=ctx.model_state,
                                     mesh=feed.mesh)
     if not np.any(scores[layout.valid]):

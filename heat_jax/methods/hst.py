@@ -71,6 +71,8 @@ Array = jax.Array
 
 PAPER_WIDTHS = (32, 48, 64, 72)
 PAPER_HEADS = (2, 4, 8, 12)
+# The dense (segmentation) variant's side widths (paper, ADE20K); heads as above.
+DENSE_WIDTHS = (64, 128, 256, 384)
 MAX_AUTO_STAGES = len(PAPER_WIDTHS)
 # Backbone parameters HST trains besides its own: every block's two LayerNorms.
 BLOCK_NORM = re.compile(r"Transformer/encoderblock_\d+/LayerNorm_[01]/(scale|bias)")
@@ -194,14 +196,17 @@ class HstSide(nn.Module):
   stages: tuple[int, ...]
   drop_path: float = 0.0
   mlp_ratio: float = 4.0
+  dense: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, metas: Sequence[Array], feats: Sequence[Array],
-               train: bool) -> Array:
+               train: bool) -> Array | list[Array]:
+    """Pooled features, or (`dense`) every stage's normalised map, finest first."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     rates = side_drop_path_rates(self.drop_path, len(self.stages))
+    maps = []
     x = _Stem(self.widths[0], name="stem", **kw)(images, train)
     for s, width in enumerate(self.widths):
       if s:
@@ -218,6 +223,9 @@ class HstSide(nn.Module):
                             **kw)(tokens, kv, fg, not train)
       tokens = nn.LayerNorm(epsilon=1e-6, name=f"norm_{s}", **kw)(tokens)
       x = tokens.reshape(b, h, w, width)
+      maps.append(x)
+    if self.dense:
+      return maps
     pooled = jnp.mean(tokens, axis=1)
     # The reference's BatchNorm1d(affine=False, eps=1e-6), momentum 0.1 (flax 0.9).
     return nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False,
@@ -230,6 +238,8 @@ class HstSpec(Extension):
   """HST's meta tokens (`tokens`) and side network + classifier (`head`).
 
   `stages[l]` is the side stage backbone block l feeds (non-decreasing, from 0).
+  `dense`: the side network's stage maps are the model's multi-scale `features` (for a
+  segmentation head) and HST adds no classifier.
   """
 
   widths: tuple[int, ...] = PAPER_WIDTHS
@@ -237,6 +247,7 @@ class HstSpec(Extension):
   stages: tuple[int, ...] = (0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3)
   drop_path: float = 0.0
   mlp_ratio: float = 4.0
+  dense: bool = False
 
   kind = "hst"
   param_names = ("hst_meta", "hst_side")
@@ -255,8 +266,7 @@ class HstSpec(Extension):
     rest = start if site.layer == 0 else start + 1   # drop block l-1's meta output
     return jnp.concatenate([x[:, :start], meta, x[:, rest:]], axis=1)
 
-  def head(self, host: nn.Module, features: Array, tokens: Tokens, num_classes: int, *,
-           shared: Any, train: bool) -> Optional[Array]:
+  def _side(self, host: nn.Module, tokens: Tokens, train: bool) -> Array | list[Array]:
     if tokens.images is None:
       raise ValueError("hst needs the model's input images (Tokens.images)")
     b = tokens.images.shape[0]
@@ -264,8 +274,19 @@ class HstSpec(Extension):
     feats = [t[:, t.shape[1] - gh * gw:].reshape(b, gh, gw, t.shape[2])
              for t, (gh, gw) in zip(tokens.blocks, tokens.grids)]
     kw = dict(dtype=host.dtype, param_dtype=host.param_dtype)
-    pooled = HstSide(self.widths, self.heads, self.stages, self.drop_path, self.mlp_ratio,
-                     name="hst_side", **kw)(tokens.images, metas, feats, train)
+    return HstSide(self.widths, self.heads, self.stages, self.drop_path, self.mlp_ratio,
+                   self.dense, name="hst_side", **kw)(tokens.images, metas, feats, train)
+
+  def features(self, host: nn.Module, tokens: Tokens, *, shared: Any,
+               train: bool) -> Optional[list[Array]]:
+    return self._side(host, tokens, train) if self.dense else None
+
+  def head(self, host: nn.Module, features: Array, tokens: Tokens, num_classes: int, *,
+           shared: Any, train: bool) -> Optional[Array]:
+    if self.dense:
+      return None
+    pooled = self._side(host, tokens, train)
+    kw = dict(dtype=host.dtype, param_dtype=host.param_dtype)
     return nn.Dense(num_classes, kernel_init=_dense_init, name="head", **kw)(pooled)
 
 
@@ -367,8 +388,10 @@ def _float(name: str, value: Any, default: float) -> float:
 
 
 def resolve(options: ml_collections.ConfigDict, *, num_layers: int,
-            image_hw: tuple[int, int], model_drop_path: float) -> Layout:
-  """`config.hst` resolved for a backbone (the auto rule of the module docstring)."""
+            image_hw: tuple[int, int], model_drop_path: float,
+            auto_widths: tuple[int, ...] = PAPER_WIDTHS) -> Layout:
+  """`config.hst` resolved for a backbone (the auto rule of the module docstring);
+  `auto_widths`: the widths `auto` takes (DENSE_WIDTHS for segmentation)."""
   widths = _int_list("widths", options.widths)
   heads = _int_list("heads", options.heads)
   depths = _int_list("depths", options.depths)
@@ -385,11 +408,11 @@ def resolve(options: ml_collections.ConfigDict, *, num_layers: int,
   if num_stages > num_layers:
     raise ConfigError(f"config.hst: {num_stages} side stages but the model has "
                       f"{num_layers} blocks; every stage needs at least one block")
-  for name, value, table in (("widths", widths, PAPER_WIDTHS), ("heads", heads, PAPER_HEADS)):
+  for name, value, table in (("widths", widths, auto_widths), ("heads", heads, PAPER_HEADS)):
     if value is None and num_stages > len(table):
       raise ConfigError(f"config.hst.{name}=auto covers at most {len(table)} stages; give "
                         f"{num_stages} {name}, e.g. --config.hst.{name}=...")
-  widths = widths or list(PAPER_WIDTHS[:num_stages])
+  widths = widths or list(auto_widths[:num_stages])
   heads = heads or list(PAPER_HEADS[:num_stages])
   for s, (w, h) in enumerate(zip(widths, heads)):
     if w % h:
@@ -448,13 +471,20 @@ class Hst(Method):
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     num_layers = len(create_model(model.name, 1).heads_per_layer)
     return resolve(self.config.hst, num_layers=num_layers,
-                   image_hw=hw, model_drop_path=float(model.drop_path_rate))
+                   image_hw=hw, model_drop_path=float(model.drop_path_rate),
+                   auto_widths=DENSE_WIDTHS if self.dense else PAPER_WIDTHS)
+
+  @property
+  def dense(self) -> bool:
+    """Segmentation: the side stages feed the task's decoder (`HstSpec.dense`)."""
+    from heat_jax.segmentation.head import is_dense   # noqa: PLC0415 (import cycle)
+    return is_dense(self.config)
 
   def extensions(self) -> tuple[Extension, ...]:
     lay = self.layout()
     self.info = {"hst": lay.info()}
     return (HstSpec(widths=lay.widths, heads=lay.heads, stages=lay.stages,
-                    drop_path=lay.drop_path, mlp_ratio=lay.mlp_ratio),)
+                    drop_path=lay.drop_path, mlp_ratio=lay.mlp_ratio, dense=self.dense),)
 
   def trainable_mask(self, ctx: MethodContext) -> partition.FlatMask:
     mask = partition.mask_from_predicate(

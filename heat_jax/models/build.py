@@ -22,7 +22,11 @@ from heat_jax.models import create_model, model_info
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 extensions: tuple = ()) -> tuple[Any, dict]:
-  """The linen module for `config.model` with the method's extensions, and its spec."""
+  """The linen module for `config.model` with the method's extensions (then the task
+  kind's, e.g. a segmentation decoder), and its spec."""
+  from heat_jax.tasks import get_task_kind   # noqa: PLC0415 (tasks import models)
+  extensions = tuple(extensions) + get_task_kind(
+      config.get("task_kind", "classification"), config).extensions()
   fields = {"image_size": config.model.image_size,
             "drop_path_rate": config.model.drop_path_rate}
   for name in model_info(config.model.name).config_fields:   # e.g. vit_jax's classifier

@@ -12,6 +12,9 @@ specs, and calls each of them at fixed points of its forward pass:
                                      before the residual add; returns the new y
   tokens(host, site, x, start)       before each block (ViT only): may insert or replace
                                      extra tokens at index `start` (after the class token)
+  features(host, tokens, train)      may provide multi-scale feature maps (finest
+                                     first, e.g. HST's side stages) that a dense head
+                                     reads as `tokens.features`; None = provides none
   head(host, features, tokens, num_classes, train)
                                      may replace the classifier: returns logits or None;
                                      `tokens` holds every block's output and the input
@@ -57,13 +60,15 @@ class Tokens:
   patches]; the patches are the last grid[0] * grid[1] tokens. Swin: blocks[i] is
   [B, h_i * w_i, C_i] (no prefix; the grid changes between stages: `grids[i]`).
   `images` is the model's input [B, H, W, 3] in the compute dtype (a side network
-  with a pixel stem, e.g. HST, reads it).
+  with a pixel stem, e.g. HST, reads it). `features`: the multi-scale maps
+  [B, h_i, w_i, C_i] (finest first) an extension's `features` hook provided, else None.
   """
 
   blocks: tuple[Array, ...]
   num_prefix: int
   grids: tuple[tuple[int, int], ...]
   images: Optional[Array] = None
+  features: Optional[tuple[Array, ...]] = None
 
 
 class Extension:
@@ -96,6 +101,10 @@ class Extension:
   def tokens(self, host: nn.Module, site: Site, x: Array, start: int, *, shared: Any,
              deterministic: bool) -> Array:
     return x
+
+  def features(self, host: nn.Module, tokens: Tokens, *, shared: Any,
+               train: bool) -> Optional[Sequence[Array]]:
+    return None
 
   def head(self, host: nn.Module, features: Array, tokens: Tokens, num_classes: int, *,
            shared: Any, train: bool) -> Optional[Array]:
@@ -147,6 +156,12 @@ class Hooks:
 
   def head(self, host: nn.Module, features: Array, tokens: Tokens, num_classes: int,
            train: bool) -> Optional[Array]:
+    maps = [m for e, s in zip(self.extensions, self.shared)
+            if (m := e.features(host, tokens, shared=s, train=train)) is not None]
+    if len(maps) > 1:
+      raise ValueError("two extensions provide multi-scale features")
+    if maps:
+      tokens = dataclasses.replace(tokens, features=tuple(maps[0]))
     out = None
     for e, s in zip(self.extensions, self.shared):
       logits = e.head(host, features, tokens, num_classes, shared=s, train=train)

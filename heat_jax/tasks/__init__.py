@@ -18,5 +18,6 @@ return 'count' (examples seen), so evaluation can check that every example count
 
 from heat_jax.tasks.base import TaskKind, available_task_kinds, get_task_kind, register_task_kind
 from heat_jax.tasks import classification  # noqa: F401  (registers "classification")
+from heat_jax.tasks import segmentation  # noqa: F401,E402  (registers "segmentation")
 
 __all__ = ["TaskKind", "available_task_kinds", "get_task_kind", "register_task_kind"]

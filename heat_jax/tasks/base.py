@@ -16,7 +16,21 @@ class TaskKind:
   """What the model predicts: output size, training loss, evaluation sums and metrics."""
 
   name: ClassVar[str] = "base"
-  metric_names: ClassVar[tuple[str, ...]] = ()
+  metric_names: ClassVar[tuple[str, ...]] = ()   # the first is the headline metric
+
+  def __init__(self, config: Any = None):
+    self.config = config   # the run's config (a kind may read its own block)
+
+  def validate(self) -> None:
+    """Cheap checks of the kind's options (ConfigError)."""
+
+  def extensions(self) -> tuple:
+    """Model extensions the kind adds after the method's (e.g. a dense decoder head)."""
+    return ()
+
+  def eval_predict(self, predict_fn: Any) -> Any:
+    """The forward evaluation uses (e.g. sliding-window inference around it)."""
+    return predict_fn
 
   def num_outputs(self, data_task: Any) -> int:
     raise NotImplementedError
@@ -43,7 +57,7 @@ def available_task_kinds() -> list[str]:
   return sorted(_KINDS)
 
 
-def get_task_kind(name: str) -> TaskKind:
+def get_task_kind(name: str, config: Any = None) -> TaskKind:
   if name not in _KINDS:
     raise ConfigError(f"config.task_kind={name!r} is not one of {available_task_kinds()}")
-  return _KINDS[name]()
+  return _KINDS[name](config)

@@ -25,8 +25,16 @@ WD_MASKS = ("all", "kernels", "ndim>1")
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, *, total_steps: int,
                            steps_per_epoch: int) -> optax.Schedule:
-  """Linear warmup from `warmup_init_lr` to `lr`, then cosine decay to `min_lr`."""
+  """Linear warmup from `warmup_init_lr` to `lr`, then cosine decay to `min_lr`
+  (`optim.schedule='poly'`: mmseg's poly decay (1 - t / T) ** poly_power to `min_lr`)."""
   warmup = min(int(round(optim.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+  if optim.get("schedule", "cosine") == "poly":
+    decay = optax.polynomial_schedule(optim.lr, optim.min_lr, optim.get("poly_power", 1.0),
+                                      max(total_steps - warmup, 1))
+    if not warmup:
+      return decay
+    ramp = optax.linear_schedule(optim.warmup_init_lr, optim.lr, warmup)
+    return optax.join_schedules([ramp, decay], [warmup])
   return optax.warmup_cosine_decay_schedule(
       init_value=optim.warmup_init_lr, peak_value=optim.lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=optim.min_lr)

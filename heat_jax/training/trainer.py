@@ -99,7 +99,8 @@ class Trainer:
     self._init_trainable = trainable
     self._train_step = jax.jit(self._step, donate_argnums=(0,),
                                compiler_options=compiler_options(self.mesh))
-    self._eval_step = make_eval_step(self.predict, self.task_kind.eval_sums)
+    self._eval_step = make_eval_step(self.task_kind.eval_predict(self.predict),
+                                     self.task_kind.eval_sums)
 
   def initial_state(self) -> State:
     # Built in this process, then replicated over the (possibly multi-process) mesh.
