@@ -17,7 +17,7 @@ from typing import NoReturn, Optional, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from heat_jax import absl_cli
+from heat_jax import absl_cli, preemption
 from heat_jax.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS
@@ -185,6 +185,9 @@ def _job(argv: Sequence[str]) -> int:
   except KeyboardInterrupt:
     print("interrupted; rerun the same command to resume", file=sys.stderr)
     return 130
+  except preemption.Preempted as e:   # SIGTERM: saved, resumable (heat_jax.preemption)
+    print(e.one_line(), file=sys.stderr)
+    return preemption.EXIT_CODE
   return 0
 
 

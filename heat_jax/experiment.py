@@ -45,7 +45,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from heat_jax import artifacts, checkpoints, distributed, logs, model_spec
+from heat_jax import artifacts, checkpoints, distributed, logs, model_spec, preemption
 from heat_jax import workdir as workdir_lib
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
@@ -425,13 +425,15 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
     clock.side_work(run)
 
   def save(step: int) -> None:
-    clock.side_work(lambda: p.ckpt.save(step, state, checkpoint_meta(p, history, clock)))
+    with preemption.deferred():   # a signal now waits until the checkpoint is committed
+      clock.side_work(lambda: p.ckpt.save(step, state, checkpoint_meta(p, history, clock)))
     writer.flush()   # metrics as durable as the checkpoint (one upload on gs://)
 
   bar = tqdm(total=p.total_steps, initial=step, desc="train",
              disable=not t.progress or not distributed.is_primary(), dynamic_ncols=True)
   rows = trainer.local_rows(t.batch_size)  # this process's share of every batch
   finite: list[tuple[int, Any]] = []
+  should_stop = preemption.watch()   # SIGTERM: save at a step all processes agree on
   while step < p.total_steps:
     epoch, skip = divmod(step, p.steps_per_epoch)
     for batch in epoch_batches(task.train, t.batch_size, seed=p.config.seed, epoch=epoch,
@@ -455,7 +457,13 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
       if step % p.steps_per_epoch == 0 and (step // p.steps_per_epoch) % t.eval_every_epochs == 0:
         evaluate(step // p.steps_per_epoch, step)
       if step % t.checkpoint_every_steps == 0 and not last:
+        check_finite(finite)   # a diverged state is never saved
         save(step)
+      if not last and should_stop(step):
+        if step % t.checkpoint_every_steps:
+          check_finite(finite)
+          save(step)
+        raise preemption.Preempted(step, p.workdir)
       if last:
         break
   bar.close()
@@ -605,7 +613,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     return done
   undo = workdir_lib.Undo(workdir)
   try:
-    return _prepare_train_finalize(config, workdir, method, fingerprint, log)
+    with preemption.Guard():
+      return _prepare_train_finalize(config, workdir, method, fingerprint, log)
   except BaseException:
     # Without a checkpoint nothing of this run can be resumed: leave no trace of it.
     if not workdir_lib.has_checkpoint(os.path.join(workdir, CHECKPOINT_DIR)):
