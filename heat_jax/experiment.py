@@ -612,14 +612,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         f"{done['test_top1']:.4f}")
     return done
   undo = workdir_lib.Undo(workdir)
-  try:
-    with preemption.Guard():
-      return _prepare_train_finalize(config, workdir, method, fingerprint, log)
-  except BaseException:
-    # Without a checkpoint nothing of this run can be resumed: leave no trace of it.
-    if not workdir_lib.has_checkpoint(os.path.join(workdir, CHECKPOINT_DIR)):
-      undo()
-    raise
+  with workdir_lib.lock(workdir):   # the only writer; a refused second run touches nothing
+    try:
+      with preemption.Guard():      # SIGTERM: checkpoint and exit (heat_jax.preemption)
+        return _prepare_train_finalize(config, workdir, method, fingerprint, log)
+    except BaseException:
+      # Without a checkpoint nothing of this run can be resumed: leave no trace of it.
+      if not workdir_lib.has_checkpoint(os.path.join(workdir, CHECKPOINT_DIR)):
+        undo()
+      raise
 
 
 def _prepare_train_finalize(config: ml_collections.ConfigDict, workdir: str, method: Method,
