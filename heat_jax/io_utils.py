@@ -81,11 +81,11 @@ _MESSAGES = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": err
 
 
 def human_bytes(n: float) -> str:
-  for unit in ("B", "KB", "MB", "GB"):
-    if n < 1000 or unit == "GB":
+  for unit in ("B", "KB", "MB", "GB", "TB"):
+    if n < 1000 or unit == "TB":
       return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
     n /= 1000
-  return f"{n:.1f} TB"
+  return f"{n:.1f} PB"
 
 
 def free_bytes(path: PathLike) -> int | None:
@@ -191,14 +191,13 @@ def atomic_open(path: PathLike, mode: str = "wb", *,
 
 def write_json(path: PathLike, obj: Any) -> None:
   """Writes `obj` as indented JSON, atomically."""
-  with atomic_open(path, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-    f.write("\n")
+  write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def write_text(path: PathLike, text: str) -> None:
-  with atomic_open(path, "w") as f:
-    f.write(text)
+  data = text.encode()
+  with atomic_open(path, "wb", size_hint=len(data)) as f:
+    f.write(data)
 
 
 def write_npz(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
@@ -215,10 +214,37 @@ def write_npy(path: PathLike, array: np.ndarray) -> None:
 
 
 def load_npz(path: PathLike) -> dict[str, np.ndarray]:
-  """Loads every array of an `.npz` without ever unpickling."""
+  """Loads every array of an `.npz` without ever unpickling.
+
+  ValueError (never a huge allocation) for a member whose header claims more bytes than
+  the member holds, as a crafted or corrupt file may.
+  """
   source = io.BytesIO(as_path(path).read_bytes()) if is_remote(path) else path
   with np.load(source, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
+    for info in data.zip.infolist():
+      _check_member_size(data.zip, info)
+    try:
+      return {k: data[k] for k in data.files}
+    except MemoryError:
+      raise ValueError(f"{os.fspath(path)} holds arrays too large for this machine's "
+                       "memory") from None
+
+
+def _check_member_size(archive: Any, info: Any) -> None:
+  """ValueError if an .npy member's header claims more data than the member holds."""
+  if not info.filename.endswith(".npy"):
+    return
+  with archive.open(info) as f:
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(f)
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = info.file_size - f.tell()
+  if claimed > held:
+    raise ValueError(f"member {info.filename} claims shape {tuple(shape)} "
+                     f"({human_bytes(claimed)}) but holds {human_bytes(held)}; the file is "
+                     "corrupt or was not written by numpy")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
