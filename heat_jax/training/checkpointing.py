@@ -19,7 +19,9 @@ A state with a NaN or infinite parameter is never saved (TrainingError).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from typing import Any, Optional
 
 import jax
@@ -61,7 +63,15 @@ class TrainCheckpointer:
       error = storage_error(e, os.path.join(self.directory, str(step)), state_bytes(state))
       if error is None:
         raise
+      self._settle()
       raise error from None
+
+  def _settle(self) -> None:
+    """After a failed save: lets orbax's and tensorstore's pending writes fail now, so
+    their own reports come before the one-line error, not after it."""
+    with contextlib.suppress(Exception):
+      self._manager.close()
+    time.sleep(0.5)
 
   def restore_meta(self, step: int) -> dict:
     """The JSON `meta` item of a checkpoint, without reading its arrays."""
