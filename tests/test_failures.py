@@ -315,3 +315,35 @@ def test_sweep_forwards_sigterm_and_marks_divergence_failed(tmp_path):
   failed = json.loads((count / "failed.json").read_text())
   assert failed["error"].startswith("training diverged:") and "step" in failed["error"]
   assert failed["exit_code"] == 2
+
+
+def test_disk_full_during_a_checkpoint_download(tmp_path, monkeypatch):
+  """A download from a local HTTP server into a disk that fills up after 1000 bytes."""
+  import http.server
+  import threading
+  from heat_jax.checkpoints.download import download
+  body = os.urandom(5000)
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+      self.send_response(200)
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    def log_message(self, *args):
+      pass
+  server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  dest = tmp_path / "ckpt" / "ViT.npz"
+  try:
+    monkeypatch.setattr(io_utils.os, "fdopen", _full_fdopen)
+    with pytest.raises(StorageError, match=r"ViT.npz: the disk is full; it needs about "
+                       r"5.0 KB"):
+      download(f"http://127.0.0.1:{server.server_port}/ViT.npz", dest, progress=False)
+    assert not dest.exists() and os.listdir(dest.parent) == []
+    monkeypatch.undo()
+    assert download(f"http://127.0.0.1:{server.server_port}/ViT.npz", dest,
+                    progress=False).read_bytes() == body
+  finally:
+    server.shutdown()
