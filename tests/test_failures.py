@@ -194,8 +194,8 @@ def test_real_full_disk_during_a_checkpoint_keeps_the_previous_one(small_fs, tmp
 def test_second_run_on_a_workdir_refuses_and_a_killed_run_frees_it(tmp_path):
   work, step_file = tmp_path / "w", tmp_path / "steps"
   cache = tmp_path / "cache"
-  first = start_slow([*ARGS, f"--workdir={work}"], _env(cache, STEP_FILE=str(step_file)),
-                     tmp_path / "log")
+  first = start_slow([*ARGS, f"--workdir={work}"],   # 8 steps of >= 6 s: busy for long
+                     _env(cache, STEP_FILE=str(step_file), STEP_SLEEP="6"), tmp_path / "log")
   try:
     deadline = time.time() + 400
     while _steps_done(step_file) < 1:
