@@ -68,10 +68,12 @@ class Guard:
     self._previous: dict[int, Any] = {}
     self._pending = None      # last step's all-process max (multi-process runs)
     self._reduce = None
+    self._outer: Optional[Guard] = None
 
   # -------------------------------------------------------------------- install
   def __enter__(self) -> "Guard":
     global _ACTIVE
+    self._outer = _ACTIVE
     if threading.current_thread() is threading.main_thread():
       self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
       _ACTIVE = self
@@ -84,7 +86,7 @@ class Guard:
       signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     self._previous.clear()
     if _ACTIVE is self:
-      _ACTIVE = None
+      _ACTIVE = self._outer
 
   def _on_signal(self, signum: int, frame: Any) -> None:
     del frame

@@ -195,3 +195,38 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
   mp._assert_same_run(work, ref)
   assert json.loads((work / "results.json").read_text())["steps"] == mp.TOTAL_STEPS
   np.testing.assert_array_equal(mp._steps(work)[-1], mp.TOTAL_STEPS)
+
+
+# ----------------------------------------------------------------------------- in process
+
+
+def test_guard_turns_sigterm_into_a_request_and_restores_handlers():
+  before = signal.getsignal(signal.SIGTERM)
+  with preemption.Guard() as guard:
+    with pytest.raises(preemption.Preempted, match="stopped before training"):
+      os.kill(os.getpid(), signal.SIGTERM)          # not armed yet: stop at once
+    should_stop = preemption.watch()
+    assert should_stop(1) is True                    # the request stays
+    guard.requested = False
+    assert should_stop(2) is False
+    os.kill(os.getpid(), signal.SIGTERM)             # armed: only a request
+    assert should_stop(3) is True
+  assert signal.getsignal(signal.SIGTERM) is before
+  assert preemption.watch()(4) is False              # no guard: never stops
+
+
+def test_signals_during_a_save_wait_until_it_is_done():
+  events = []
+  with preemption.Guard() as guard:
+    preemption.watch()
+    with pytest.raises(KeyboardInterrupt):
+      with preemption.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        events.append("saved")                       # the save goes on to its end
+    assert events == ["saved"] and not guard.requested
+    with preemption.deferred():                      # SIGTERM + SIGINT in a save:
+      os.kill(os.getpid(), signal.SIGINT)            # a stop request, no interrupt
+      os.kill(os.getpid(), signal.SIGTERM)
+      events.append("saved again")
+    assert guard.requested and events[-1] == "saved again"
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
