@@ -15,7 +15,8 @@ so `[:800]` covers all classes; list files keep their own order.
 Everything is checked when the task is built, before any model or weights: every
 class-folder split must hold the same classes, labels must lie in [0, num_classes), and
 every image of a streamed split (the test split) is decoded once, so a corrupt file is
-named at load time rather than at the first evaluation. Hidden entries (`.*`, such as
+named at load time rather than at the first evaluation. Images are decoded by
+`heat_jax.data.image_io` (the decoder `predict` uses too). Hidden entries (`.*`, such as
 `.ipynb_checkpoints` or macOS `._x.jpg` files) and `__MACOSX` folders are ignored.
 """
 
