@@ -19,8 +19,9 @@ The workdir ends up with results.json, adapter.npz/json and metrics.jsonl. Rerun
 command resumes it from its last checkpoint, or reports its results when it finished.
 
 Exit codes: 0 done; 2 bad input (one line 'error: ...' on stderr says what to fix);
-130 interrupted (rerun the same command to resume). --verbosity=1 also shows the
-libraries' INFO logs (orbax, jax); --helpfull lists every flag.
+130 interrupted (rerun the same command to resume); 75 preempted (SIGTERM: a checkpoint
+was saved; rerun the same command to resume). --verbosity=1 also shows the libraries'
+INFO logs (orbax, jax); --helpfull lists every flag.
 """
 
 from heat_jax import cli

@@ -206,6 +206,33 @@ def verify_base(meta: dict, base_path: Optional[str], where: str) -> None:
                           f"with sha256 {want[:16]}...; {hint}")
 
 
+def recorded_base(name: Optional[str], where: str) -> Optional[str]:
+  """The base an adapter file names, if it may be used without the user naming it.
+
+  An adapter may come from anywhere: the base it records is never fetched from a URL,
+  nor read from a path that climbs out of its folders ('..') or is not a regular file
+  (a device, a pipe), unless the user passes it (`base=`, predict's --base).
+  """
+  if not name:
+    return None
+  from heat_jax import checkpoints
+  text = str(name)
+  hint = (f"pass the base yourself (load_adapter(..., base=...), predict: --base=FILE) "
+          "if you trust it")
+  if "://" in text:
+    raise CheckpointError(f"{where} names its base checkpoint by URL ({text}); it is not "
+                          f"downloaded unless you ask: {hint}")
+  if checkpoints.get_checkpoint(text) is not None and not os.path.exists(text):
+    return text   # a registered name: the registry's own URL
+  if ".." in text.replace("\\", "/").split("/"):
+    raise CheckpointError(f"{where} names its base checkpoint as {text}, a path that "
+                          f"climbs out of its folder ('..'); {hint}")
+  if os.path.exists(text) and not os.path.isfile(text):
+    raise CheckpointError(f"{where} names its base checkpoint as {text}, which is not a "
+                          f"regular file; {hint}")
+  return text
+
+
 def load_adapter(path: str, *, base: Optional[str] = None, check_base: bool = True
                  ) -> tuple[Any, dict]:
   """Rebuilds (model, variables) of a fine-tuned run in one call.
@@ -224,7 +251,12 @@ def load_adapter(path: str, *, base: Optional[str] = None, check_base: bool = Tr
   meta, arrays, where = read_adapter(path)
   recorded = meta.get("base", meta.get("base_model", {})) or {}
   model = spec_lib.model_from_spec(meta["model"])
-  name = base or recorded.get("checkpoint")
+  bad = next((k for k, v in arrays.items() if np.issubdtype(np.asarray(v).dtype, np.inexact)
+              and not np.isfinite(v).all()), None)
+  if bad is not None:
+    raise CheckpointError(f"{where}: the stored {bad} holds NaN or infinite values; "
+                          "re-export the adapter from its run")
+  name = base or recorded_base(recorded.get("checkpoint"), where)
   rng = jax.random.key(recorded.get("init_seed", 0))
   if name:
     base_path = str(checkpoints.resolve_checkpoint(name))

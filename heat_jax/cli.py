@@ -17,8 +17,9 @@ from typing import NoReturn, Optional, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from heat_jax import absl_cli
+from heat_jax import absl_cli, preemption
 from heat_jax.errors import ConfigError, UserError
+from heat_jax.io_utils import storage_error
 
 FLAGS = flags.FLAGS
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -185,6 +186,14 @@ def _job(argv: Sequence[str]) -> int:
   except KeyboardInterrupt:
     print("interrupted; rerun the same command to resume", file=sys.stderr)
     return 130
+  except preemption.Preempted as e:   # SIGTERM: saved, resumable (heat_jax.preemption)
+    print(e.one_line(), file=sys.stderr)
+    return preemption.EXIT_CODE
+  except OSError as e:   # a full / read-only disk in a write that has no message of its own
+    error = storage_error(e, e.filename or workdir)
+    if error is None:
+      raise
+    return absl_cli.fail(error.one_line())
   return 0
 
 

@@ -32,3 +32,7 @@ class DataError(UserError):
 
 class TrainingError(UserError):
   """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
+class StorageError(UserError):
+  """A file cannot be written: the disk is full, read-only, or the folder vanished."""

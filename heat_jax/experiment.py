@@ -42,7 +42,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from heat_jax import artifacts, checkpoints, distributed, evaluation, logs
+from heat_jax import artifacts, checkpoints, distributed, evaluation, logs, preemption
 from heat_jax import workdir as workdir_lib
 from heat_jax.clock import Clock
 from heat_jax.data import build_task, check_config as check_data_config
@@ -308,13 +308,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     log(f"{workdir} already holds the finished run of this config: {summary_line(done)}")
     return done
   undo = workdir_lib.Undo(workdir)
-  try:
-    return _prepare_train_finalize(config, workdir, method, fingerprint, log)
-  except BaseException:
-    # Without a checkpoint nothing of this run can be resumed: leave no trace of it.
-    if not workdir_lib.has_checkpoint(os.path.join(workdir, CHECKPOINT_DIR)):
-      undo()
-    raise
+  with workdir_lib.lock(workdir):   # the only writer; a refused second run touches nothing
+    try:
+      with preemption.Guard():      # SIGTERM: checkpoint and exit (heat_jax.preemption)
+        return _prepare_train_finalize(config, workdir, method, fingerprint, log)
+    except BaseException:
+      # Without a checkpoint nothing of this run can be resumed: leave no trace of it.
+      if not workdir_lib.has_checkpoint(os.path.join(workdir, CHECKPOINT_DIR)):
+        undo()
+      raise
 
 
 def _prepare_train_finalize(config: ml_collections.ConfigDict, workdir: str, method: Method,

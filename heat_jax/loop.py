@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from heat_jax import distributed, evaluation
+from heat_jax import distributed, evaluation, preemption
 from heat_jax.clock import Clock
 from heat_jax.errors import TrainingError
 from heat_jax.training.metrics import MetricWriter, NullWriter
@@ -59,7 +59,8 @@ class Loop:
 
   def save(self) -> None:
     meta = checkpoint_meta(self.p, self.history, self.clock)
-    self.clock.side_work(self.p.ckpt.save, self.step, self.state, meta)
+    with preemption.deferred():   # a signal now waits until the checkpoint is committed
+      self.clock.side_work(self.p.ckpt.save, self.step, self.state, meta)
     self.writer.flush()   # metrics as durable as the checkpoint (one upload on gs://)
 
   def log_train(self, metrics: dict, finite: list[tuple[int, Any]], bar: Any) -> None:
@@ -81,6 +82,7 @@ def train(p: Any, log: Log) -> tuple[Any, list[dict], Clock]:
   bar = tqdm(total=p.total_steps, initial=loop.step, desc="train",
              disable=not t.progress or not distributed.is_primary(), dynamic_ncols=True)
   finite: list[tuple[int, Any]] = []
+  should_stop = preemption.watch()   # SIGTERM: save at a step all processes agree on
   while loop.step < p.total_steps:
     epoch, skip = divmod(loop.step, per_epoch)
     for batch in p.trainer.feed.epoch(p.task.train, t.batch_size, seed=p.config.seed,
@@ -96,7 +98,13 @@ def train(p: Any, log: Log) -> tuple[Any, list[dict], Clock]:
       if last or loop.step % per_epoch == 0:
         loop.evaluate(final=last)
       if loop.step % t.checkpoint_every_steps == 0 and not last:
+        check_finite(finite)   # a diverged state is never saved
         loop.save()
+      if not last and should_stop(loop.step):
+        if loop.step % t.checkpoint_every_steps:
+          check_finite(finite)
+          loop.save()
+        raise preemption.Preempted(loop.step, p.workdir)
       if last:
         break
   bar.close()

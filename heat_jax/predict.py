@@ -6,8 +6,9 @@ Usage:
 
 Loads the run's base checkpoint and adapter in one call (`heat_jax.load_adapter`,
 checking the base's sha256), prepares every image as the run's data pipeline did
-(decoded with PIL to RGB, resized to the model's image size with the run's resize
-method, scaled to its value range; all recorded in the adapter files), runs the model
+(decoded to RGB by `heat_jax.data.image_io` like the folder datasets, resized to the
+model's image size with the run's resize method, scaled to its value range; all
+recorded in the adapter files), runs the model
 in batches and prints one line per image on stdout: the path and the top-k classes
 (names recorded at training time, else label indices) with their softmax
 probabilities. `--out=FILE.csv|.json` also writes them, atomically. `--folder` takes

@@ -20,6 +20,8 @@ Rerunning the same command skips finished jobs (results.json exists), resumes in
 ones from their checkpoints and retries failed ones. A failed job leaves failed.json
 (its one-line error) in its run dir until it succeeds; results.md lists it. The exit
 code is 0 when every job finished, 1 when some failed, 2 for bad flags or configs.
+SIGTERM to the sweep (a preempted VM) is passed on to the running jobs, which save a
+checkpoint and exit 75; they are recorded as interrupted, not failed; the sweep exits 75.
 
 --config picks the config file (default configs/vtab.py); the job's task and method go
 into its `:args` and the seed into `config.seed`, so any config built on
@@ -49,13 +51,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app, flags
 
-from heat_jax import absl_cli
+from heat_jax import absl_cli, preemption
 from heat_jax.data.vtab_tasks import GROUPS, TASK_NAMES, TASKS, tasks_in_group
 from heat_jax.errors import ConfigError, UserError
 from heat_jax.io_utils import write_json
@@ -64,9 +67,17 @@ from heat_jax.sweep_table import FAILED_FILE, LOG_FILE, RESULTS_FILE, collect
 
 DEFAULT_CONFIG = "configs/vtab.py"
 Runner = Callable[[Any, str], Any]
-# Exit codes of a job that was interrupted (SIGINT; run.py's KeyboardInterrupt exit) rather
-# than failed: it resumes from its checkpoints when the sweep is rerun.
-INTERRUPTED = (130, -signal.SIGINT)
+# Exit codes of a job that was interrupted (SIGINT: run.py's KeyboardInterrupt exit; SIGTERM:
+# its preemption exit, heat_jax.preemption) rather than failed: it resumes when rerun.
+INTERRUPTED = (130, -signal.SIGINT, preemption.EXIT_CODE, -signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+  """The sweep got SIGTERM (e.g. its VM is preempted): its jobs get SIGTERM too."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+  raise Terminated
 # How long an interrupted job may take to write its checkpoint and exit before it is killed.
 STOP_GRACE_S = 60.0
 
@@ -332,14 +343,16 @@ def _launch(job: Job, index: int, slot: int, slots: Sequence[Slot],
   return _Running(job, index, slot, proc, time.time(), offset)
 
 
-def _stop(running: Sequence[_Running], wait_first: float = 0.0) -> None:
-  """Interrupts running jobs (SIGINT, as Ctrl-C) after `wait_first` s; kills stragglers."""
+def _stop(running: Sequence[_Running], wait_first: float = 0.0,
+          sig: int = signal.SIGINT) -> None:
+  """Interrupts running jobs (`sig`: SIGINT as Ctrl-C, or SIGTERM: they save a checkpoint
+  first) after `wait_first` s; kills stragglers."""
   deadline = time.time() + wait_first
   for r in running:
     try:
       r.proc.wait(timeout=max(deadline - time.time(), 0.01))
     except subprocess.TimeoutExpired:
-      r.proc.send_signal(signal.SIGINT)
+      r.proc.send_signal(sig)
   deadline = time.time() + STOP_GRACE_S
   for r in running:
     try:
@@ -401,10 +414,16 @@ def _run_subprocesses(jobs: Sequence[Job], slots: Sequence[Slot], config: str | 
         error = _finish(r, len(jobs))
         if error is not None:
           failed.append(r.job.name + (" (interrupted)" if error == "interrupted" else ""))
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     # Ctrl-C in a terminal reached the children too (same process group): they exit by
-    # themselves; a SIGINT sent to this process alone is passed on after a moment.
-    _stop(running, wait_first=2.0)
+    # themselves; a SIGINT sent to this process alone is passed on after a moment. A
+    # SIGTERM is passed on at once; the jobs are then recorded as interrupted.
+    terminated = isinstance(e, Terminated)
+    _stop(running, wait_first=0.0 if terminated else 2.0,
+          sig=signal.SIGTERM if terminated else signal.SIGINT)
+    if terminated:
+      for r in running:
+        _finish(r, len(jobs))
     raise
   return failed
 
@@ -506,6 +525,8 @@ def main(argv: Sequence[str] = ()) -> int:
   del argv
   workdir = FLAGS.workdir
   failed: list[str] = []
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
   try:
     if not FLAGS.collect_only:
       failed = run_sweep(parse_tasks(FLAGS.tasks, vtab=is_vtab_config(FLAGS.config)),
@@ -516,9 +537,12 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"wrote {Path(workdir) / 'results.md'} and results.csv", file=sys.stderr)
   except UserError as e:
     return absl_cli.fail(e.one_line())
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     print("interrupted; rerun the same command to resume", file=sys.stderr)
-    return 130
+    return preemption.EXIT_CODE if isinstance(e, Terminated) else 130
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
   if failed:
     print(f"error: {len(failed)} job(s) did not finish: {', '.join(failed)}; see "
           f"{Path(workdir) / 'results.md'} and rerun to retry", file=sys.stderr)

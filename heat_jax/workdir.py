@@ -4,14 +4,20 @@
 file, under a file, not creatable, not writable) and leaves nothing behind. `Undo`
 notes what exists before a run; called after a failure it removes what the run created
 (the workdir if the run created it, and the parents it created while they are empty),
-never anything that was there before.
+never anything that was there before. `lock(workdir)` makes a run the only writer of
+its workdir: a second run started on it refuses with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import os
 import shutil
+import socket
 import tempfile
+from typing import Iterator
 
 from heat_jax.errors import ConfigError
 
@@ -93,3 +99,44 @@ class Undo:
           os.remove(target)
         except OSError:
           pass
+
+
+LOCK_FILE = ".heat_jax.lock"
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive lock on `workdir` for the block; ConfigError if another run has it.
+
+  `fcntl.flock` on `<workdir>/.heat_jax.lock` (which records the holder's pid, host and
+  start time for the message): the kernel releases it when the holder exits in any
+  way, so a crashed or killed run never leaves it stuck. Only the primary process of a
+  multi-process run takes it. Bucket workdirs (gs://) have no locks: nothing stops two
+  runs there, so do not start one twice.
+  """
+  from heat_jax import distributed
+  if "://" in str(workdir) or not distributed.is_primary():
+    yield
+    return
+  import fcntl
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      raise ConfigError(f"workdir {workdir} is in use by another run ({holder}); wait for "
+                        "it to finish (rerunning the command then resumes or reports it) "
+                        "or pass another --workdir") from None
+    except OSError as e:   # e.g. a file system without locks: run unlocked, as before
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        raise
+    when = datetime.datetime.now().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {when}\n"
+              .encode(), 0)
+    yield
+  finally:
+    os.close(fd)   # releases the lock

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from heat_jax.checkpoints.registry import CheckpointInfo
 from heat_jax.errors import DownloadError
-from heat_jax.io_utils import atomic_open, cache_dir
+from heat_jax.io_utils import atomic_open, cache_dir, storage_error
 
 DEFAULT_TIMEOUT_S = 15.0
 
@@ -42,7 +42,7 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
   try:
     with urllib.request.urlopen(url, timeout=timeout) as response:
       total = int(response.headers.get("Content-Length") or 0) or None
-      with atomic_open(dest, "wb") as f, tqdm(
+      with atomic_open(dest, "wb", size_hint=total) as f, tqdm(
           total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
           disable=not progress, leave=False) as bar:
         received = 0
@@ -126,6 +126,9 @@ def hub_download(repo: str, filename: str, *, revision: str = "main",
   except hf_errors.HfHubHTTPError as e:  # no such repo / file / revision, gated
     raise _http_error(url, e, hand) from None
   except (OSError, ValueError) as e:  # disk full, broken cache, bad repo id
+    full = storage_error(e, os.environ.get("HF_HUB_CACHE") or by_hand.parent)
+    if full is not None:
+      raise full from None
     raise DownloadError(f"could not download {url} ({_first_line(e)}); {hand}") from None
   return Path(path)
 

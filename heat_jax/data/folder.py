@@ -15,7 +15,8 @@ so `[:800]` covers all classes; list files keep their own order.
 Everything is checked when the task is built, before any model or weights: every
 class-folder split must hold the same classes, labels must lie in [0, num_classes), and
 every image of a streamed split (the test split) is decoded once, so a corrupt file is
-named at load time rather than at the first evaluation. Hidden entries (`.*`, such as
+named at load time rather than at the first evaluation. Images are decoded by
+`heat_jax.data.image_io` (the decoder `predict` uses too). Hidden entries (`.*`, such as
 `.ipynb_checkpoints` or macOS `._x.jpg` files) and `__MACOSX` folders are ignored.
 """
 
@@ -29,9 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from PIL import Image
-
-from heat_jax.data import register_source
+from heat_jax.data import image_io, register_source
 from heat_jax.data.base import Task
 from heat_jax.data.preprocess import (check_resize_method, normalizer, resize_uint8,
                                       split_names)
@@ -39,8 +38,7 @@ from heat_jax.data.stream import Loader, default_workers, held_in_memory, make_s
 from heat_jax.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-# What PIL raises for a file it cannot decode (DecompressionBombError is no OSError).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = image_io.DECODE_ERRORS
 DTD_SPLITS = {"train": "train1", "validation": "val1", "test": "test1",
               "train800": "train1[:800]", "val200": "val1[:200]",
               "train800val200": "train1[:800]+val1[:200]"}
@@ -231,33 +229,17 @@ def make_loader(entries: Entries, *, image_size: int, resize_method: str) -> Loa
 
   def load(index: int) -> tuple[np.ndarray, int]:
     path, label = entries[index]
-    try:
-      with Image.open(path) as im:
-        image = np.asarray(im.convert("RGB"))
-    except DECODE_ERRORS as e:
-      raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+    image = image_io.read_rgb(path)
     return resize_uint8(image, (image_size, image_size), resize_method), label
 
   return load
-
-
-def _decode_error(path: str) -> Optional[str]:
-  """None if the image decodes, else why not (one line)."""
-  try:
-    with Image.open(path) as im:
-      im.draft("RGB", (1, 1))   # JPEG: decode at 1/8 scale; still reads every byte
-      im.load()
-  except DECODE_ERRORS as e:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-  return None
 
 
 def unreadable(paths: list[str], workers: Optional[int] = None) -> list[tuple[str, str]]:
   """[(path, why)] of the images that PIL cannot decode, in the order given."""
   workers = default_workers() if workers is None else workers
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    return [(p, e) for p, e in zip(paths, pool.map(_decode_error, paths)) if e]
+    return [(p, e) for p, e in zip(paths, pool.map(image_io.check_readable, paths)) if e]
 
 
 def check_decodable(entries: Entries, expr: str, workers: Optional[int] = None) -> None:

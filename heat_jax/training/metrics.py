@@ -21,10 +21,18 @@ from typing import Any, Optional
 
 from absl import logging
 
-from heat_jax.io_utils import as_path, is_remote, write_text
+from heat_jax.io_utils import as_path, is_remote, storage_error, write_text
 
 TB_SUBDIR = "tb"
 DISABLE_ENV = "HEAT_JAX_NO_TENSORBOARD"
+
+
+def _step_of(line: str) -> float:
+  """The step of a metrics line; inf for a blank or partial one (never kept on resume)."""
+  try:
+    return json.loads(line).get("step", 0)
+  except (ValueError, AttributeError):
+    return float("inf")
 
 
 class MetricWriter:
@@ -35,7 +43,7 @@ class MetricWriter:
     keep = []
     if as_path(self.path).exists():
       keep = [line + "\n" for line in as_path(self.path).read_text().splitlines()
-              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+              if _step_of(line) <= resume_step]
     self._lines: Optional[list[str]] = None
     if is_remote(self.path):
       self._lines = keep
@@ -56,8 +64,11 @@ class MetricWriter:
     if self._lines is not None:
       self._lines.append(line)
     else:
-      self._file.write(line)
-      self._file.flush()
+      try:
+        self._file.write(line)
+        self._file.flush()
+      except OSError as e:   # e.g. a full disk: one line (a partial line is dropped on resume)
+        raise storage_error(e, self.path) or e from None
     if self._tb is not None:
       for k, v in metrics.items():
         if isinstance(v, numbers.Real):
