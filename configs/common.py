@@ -83,9 +83,12 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
   """Parses `first,key=value,flag` against `spec` (name -> default).
 
   A leading bare token maps to the first spec key (e.g. the task in `dtd,method=lora`).
-  A later bare `key` means True. Types come from the defaults; bools are strict.
+  A later bare `key` means True. Types come from the defaults; bools are strict; for a
+  float default an integer literal stays an int (`budget=1` is one head, `1.0` all).
   """
-  out = ml_collections.ConfigDict(dict(spec))
+  # Untyped fields: `_cast` decides the type (`budget=1` stays an int, see below).
+  out = ml_collections.ConfigDict(
+      {k: ml_collections.FieldReference(v, field_type=object) for k, v in spec.items()})
   if not arg:
     return out
   names = list(spec)
@@ -112,7 +115,9 @@ def _cast(key: str, value: str, default: Any) -> Any:
     if isinstance(default, int):
       return int(value)
     if isinstance(default, float):
-      return float(value)
+      # An integer literal stays an int: for `budget` 1 is one head, 1.0 all heads
+      # (heat_jax.importance.selection); float fields convert it back on assignment.
+      return int(value) if value.lstrip("+-").isdigit() else float(value)
   except ValueError:
     raise ConfigError(f"config argument {key}={value!r} must be a "
                       f"{type(default).__name__}") from None
