@@ -45,7 +45,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from heat_jax import artifacts, checkpoints, distributed, logs, model_spec
+from heat_jax import artifacts, checkpoints, config_diff, distributed, logs, model_spec
 from heat_jax import workdir as workdir_lib
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
@@ -208,8 +208,8 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str,
   except (OSError, ValueError):
     return None  # unreadable: the run is redone and the file rewritten
   if results.get("fingerprint") != fingerprint:
-    raise ConfigError(f"workdir {workdir} holds a finished run with a different config; "
-                      "use a new --workdir or --config.train.resume=False")
+    raise config_diff.refusal(workdir, results.get("config"), config, finished=True,
+                              ignore=_RESUME_NEUTRAL)
   artifacts_needed = ["adapter.npz", "adapter.json"]
   if config.train.export_merged:
     artifacts_needed.append(artifacts.merged_filename(model_family(config.model.name)))
@@ -332,8 +332,7 @@ def _resume_point(config: ml_collections.ConfigDict, workdir: str, method: Metho
   if latest is not None:
     meta = ckpt.restore_meta(latest)
     if meta.get("fingerprint") != fingerprint:
-      raise ConfigError(f"workdir {workdir} holds a run with a different config; use a new "
-                        "--workdir or --config.train.resume=False")
+      raise config_diff.refusal(workdir, meta.get("config"), config, ignore=_RESUME_NEUTRAL)
     method.restore(meta.get("method_state", {}))
 
   ctx = MethodContext(config=config, model=model, params=params, task=task, workdir=workdir,
@@ -481,7 +480,8 @@ def check_finite(flags: list[tuple[int, Any]]) -> None:
 
 
 def checkpoint_meta(p: Prepared, history: list[dict], clock: _Clock) -> dict:
-  return {"fingerprint": p.fingerprint, "history": history,
+  return {"fingerprint": p.fingerprint, "config": config_diff.as_json(p.config),
+          "history": history,
           "elapsed_s": clock.elapsed(), "train_time_s": clock.train_time(),
           "method_state": p.method.resume_state()}
 
@@ -556,7 +556,7 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
       "test_top1": final["test_top1"], "best_test_top1": best["test_top1"],
       "best_epoch": best["epoch"], "val_top1": final.get("val_top1"),
       "val_selected_test_top1": val_selected,
-      "num_test_examples": task.test.num_examples,
+      "num_classes": int(task.num_classes), "num_test_examples": task.test.num_examples,
       "trainable_params": trainable[0], "trainable_params_no_head": trainable[1],
       "total_params": trainable[2], "steps": steps,
       "wall_time_s": round(wall, 3), "train_time_s": round(train_time, 3),
