@@ -151,7 +151,7 @@ def is_fresh_param(name: str, names: frozenset[str]) -> bool:
 def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
                     image_size: Optional[int | tuple[int, int]] = None,
                     rng: Optional[jax.Array] = None,
-                    interpolation: str = "zoom") -> Params:
+                    interpolation: str = "zoom", keep_head: bool = True) -> Params:
   """Loads pretrained weights into a fresh parameter tree of `model`.
 
   Args:
@@ -159,14 +159,18 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
     model: a module from `heat_jax.models.create_model`.
     image_size: size the model will run at (default `model.image_size`); position
       embeddings are resized to its grid.
-    rng: initialises the head and any PETL extension parameters.
+    rng: initialises the head (when not kept) and any PETL extension parameters.
     interpolation: posemb resize method: `zoom` (vit_jax, big_vision) or `bilinear`
       (timm).
 
+    keep_head: take the file's classifier when it has the model's shape (a merged
+      export of a run loads as that run's model); a head of another class count is
+      initialised afresh, with a log line. False: always a fresh head (training runs).
+
   Returns:
-    The parameter tree. `head` and extension parameters come from the fresh init;
-    every other parameter comes from the file, or a `CheckpointError` lists every
-    missing, unexpected and wrong-shaped key.
+    The parameter tree. Extension parameters (and the head, unless kept) come from
+    the fresh init; every other parameter comes from the file, or a `CheckpointError`
+    lists every missing, unexpected and wrong-shaped key.
   """
   path = resolve_checkpoint(name_or_path)
   family = getattr(model, "family", "vit")
@@ -178,7 +182,7 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
                                   image_hw=image_hw(model, image_size),
                                   interpolation=interpolation)
   merged = merge_into_template(loaded, flat_fresh, source=str(path),
-                               fresh=fresh_names(model))
+                               fresh=fresh_names(model), keep_head=keep_head)
   return traverse_util.unflatten_dict(merged, sep="/")
 
 
@@ -215,17 +219,37 @@ def _init_fresh(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[s
 _init_fresh_cached = jax.jit(_init_fresh, static_argnums=(0, 1))
 
 
+def _file_head(loaded: dict[str, np.ndarray], template: dict[str, Any],
+               source: str) -> dict[str, np.ndarray]:
+  """The file's `head/*` arrays when they have the model's shapes, else {} (logged)."""
+  keys = [k for k in template if k.split("/")[0] == "head"]
+  if not keys or not all(k in loaded for k in keys):
+    return {}
+  if all(np.shape(loaded[k]) == tuple(template[k].shape) for k in keys):
+    return {k: np.asarray(loaded[k]).astype(template[k].dtype) for k in keys}
+  from absl import logging
+  have = np.shape(loaded.get("head/bias", ()))
+  want = tuple(template["head/bias"].shape) if "head/bias" in template else ()
+  logging.info(f"{source}: its classifier ({have[0] if have else '?'} classes) does not "
+               f"fit the model's {want[0] if want else '?'} classes; the head is "
+               "initialised afresh")
+  return {}
+
+
 def merge_into_template(loaded: dict[str, np.ndarray], template: dict[str, Any], *,
-                        source: str, fresh: frozenset[str] = frozenset()) -> dict[str, Any]:
+                        source: str, fresh: frozenset[str] = frozenset(),
+                        keep_head: bool = False) -> dict[str, Any]:
   """Takes every non-fresh parameter from `loaded`; raises one error on any mismatch.
 
   `template` holds values for fresh parameters (subtrees named in `fresh` and the
-  head) and shapes for the rest.
+  head) and shapes for the rest. `keep_head`: the file's head where its shapes fit.
   """
   missing, wrong, merged = [], [], {}
+  if keep_head:
+    merged.update(_file_head(loaded, template, source))
   for key, value in template.items():
     if is_fresh_param(key, fresh):
-      merged[key] = value
+      merged.setdefault(key, value)
       continue
     if key not in loaded:
       missing.append(key)
