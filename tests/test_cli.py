@@ -60,6 +60,7 @@ def test_missing_tfds_data_fails_fast(tmp_path):
   assert proc.returncode == 2
   line = proc.stderr.strip().splitlines()[-1]
   assert line.startswith("error:") and "dtd" in line and "prepare" in line
+  assert "dataset_info.json" not in proc.stderr   # TFDS's warning about a folder it guessed
   assert seconds < 60
   assert "Traceback" not in proc.stderr
 
@@ -86,6 +87,9 @@ def test_smoke_run_writes_results(tmp_path):
   for name in ("importance.npy", "heads.npy", "importance.json", "importance.png",
                "adapter.npz", "adapter.json", "metrics.jsonl"):
     assert (work / name).exists(), name
+  assert "transition_steps" not in proc.stderr   # optax's warning for warmup_epochs=0
+  assert "WARNING" not in proc.stderr and not any(l.startswith("W") for l in
+                                                  proc.stderr.splitlines()), proc.stderr
 
 
 @pytest.mark.parametrize("flag", ["--help", "--helpfull", "-?"])
@@ -159,3 +163,30 @@ def test_refusal_of_a_checkpoint_only_workdir_names_the_field(tiny_config, tmp_p
   with pytest.raises(ConfigError, match=r"holds a run with a different config "
                      r"\(train.epochs: 2 -> 3\)"):
     experiment.run(c, str(tmp_path / "w"), quiet=True)
+
+
+INTERRUPT = """
+import sys
+from heat_jax import cli
+from heat_jax.training.trainer import Trainer
+original, calls = Trainer.train_step, []
+def step(self, state, batch):
+  calls.append(1)
+  if len(calls) == 3:
+    raise KeyboardInterrupt
+  return original(self, state, batch)
+Trainer.train_step = step
+cli.run(["run.py", *sys.argv[1:]])
+"""
+
+
+def test_interrupt_line_is_not_spliced_into_the_progress_bar(tmp_path):
+  env = {**os.environ, "HEAT_JAX_CACHE": str(tmp_path / "cache"),
+         "HEAT_JAX_NO_TENSORBOARD": "1", "PYTHONPATH": str(ROOT)}
+  proc = subprocess.run([sys.executable, "-c", INTERRUPT, "--config=smoke:method=linear",
+                         "--config.train.progress=True", f"--workdir={tmp_path / 'w'}"],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 130, proc.stderr[-2000:]
+  assert "train:" in proc.stderr   # the bar was drawn
+  lines = proc.stderr.replace("\r", "\n").split("\n")
+  assert "interrupted; rerun the same command to resume" in lines, proc.stderr[-2000:]

@@ -293,7 +293,8 @@ class Heat(Method):
       importance.save_importance(ctx.workdir, scores, selected, layout=layout, meta=meta)
       importance.plot_importance(os.path.join(ctx.workdir, "importance.png"), scores,
                                  selected, valid=layout.valid,
-                                 title=f"TIS ({imp.strategy}), {h.select} heads kept")
+                                 title=f"{ctx.task.name}: TIS ({imp.strategy}), "
+                                 f"{int(selected.sum())} {h.select} heads kept")
     self.selected = selected
     return selected
 
