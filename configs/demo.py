@@ -1,14 +1,16 @@
-"""The built-in offline study (default of `python run.py`).
+"""The built-in offline study (default of `heat-jax` and `python run.py`).
 
-A small ViT (`ViT-demo`: 32x32 images, patch 8, 4 layers x 8 heads, width 64) is
-pretrained once on the synthetic pre-training mixture (cached under
+A small ViT (`ViT-demo`: 32x32 images, patch 8, 4 layers x 8 heads, width 64)
+pretrained on the synthetic pre-training mixture (the default settings' backbone ships
+in heat_jax/assets; other `pretrain_*` settings are pretrained once and cached under
 `$HEAT_JAX_CACHE/demo`), then on four synthetic downstream tasks HEAT (top-TIS heads)
 is compared with the same budget of random and of bottom heads, LoRA, a linear probe
-and full fine-tuning. Small offline study, NOT a VTAB result.
+and full fine-tuning. Small offline study, NOT a VTAB result. Every run of the study
+starts afresh, also when the command is rerun.
 
-  python run.py                                  # 1 seed, ~2-3 minutes on 2 CPU cores
-  python run.py --config=configs/demo.py:seeds=3 # the 3-seed table of the README
-  python run.py --config=configs/demo.py:tasks=texture+count,variants=heat+heat_random
+  heat-jax                                       # 1 seed, 24 runs (python run.py: the same)
+  heat-jax --config=demo:seeds=3                 # the 3-seed table of the README
+  heat-jax --config=demo:tasks=texture+count,variants=heat+heat_random
 
 Arguments: seeds (>= 1), tasks and variants (lists joined with `+`), epochs, budget
 (heads kept), strategy (TIS strategy), model, pretrain_steps, pretrain_images. Tasks:
@@ -20,7 +22,7 @@ instead of the zero classifier). `study.validate` checks every value before the
 pretraining starts.
 
   # does probe scoring pick better heads than random-classifier scoring?
-  python run.py --config=configs/demo.py:seeds=3,variants=heat+heat_random+heat_bottom\
+  heat-jax --config=demo:seeds=3,variants=heat+heat_random+heat_bottom\
 +heat_rnd_cls+heat_rnd_cls_bottom     (one argument)
 """
 

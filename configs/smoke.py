@@ -1,6 +1,6 @@
 """A seconds-long smoke run: random-init ViT-micro on a synthetic task, HEAT by default.
 
-  python run.py --config=configs/smoke.py:method=lora --workdir=/tmp/smoke
+  heat-jax --config=smoke:method=lora --workdir=/tmp/smoke   (or --config=configs/smoke.py:...)
 """
 
 import ml_collections

@@ -14,15 +14,17 @@ since compiling dominates runs this small.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import ml_collections
 import numpy as np
@@ -33,6 +35,7 @@ from heat_jax.errors import ConfigError
 from heat_jax.io_utils import as_path, cache_dir, remove_tree, write_json, write_text
 from heat_jax.models import model_family
 
+HEARTBEAT_S = 12.0   # a line at least this often during a run (progress bars are off)
 BACKBONE_ASSET = "demo_backbone"   # heat_jax/assets/demo_backbone.{npz,json}
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
           "NOT a VTAB result")
@@ -232,6 +235,25 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   return tasks, variants
 
 
+@contextlib.contextmanager
+def heartbeat(what: str, every: float = HEARTBEAT_S) -> Iterator[None]:
+  """Logs `what: still running (Ns)` every `every` seconds until the block ends, so a
+  long run (compiling, scoring, training: all quiet in a study) never looks stuck."""
+  stop, start = threading.Event(), time.time()
+
+  def beat() -> None:
+    while not stop.wait(every):
+      logging.info(f"{what}: still running ({time.time() - start:.0f}s)")
+
+  thread = threading.Thread(target=beat, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
+
+
 def enable_compilation_cache() -> None:
   """Persists XLA executables under `$HEAT_JAX_CACHE/demo/xla` (unless one is set).
 
@@ -272,7 +294,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         run_dir = os.path.join(workdir, task, variant, f"seed{seed}")
         remove_tree(run_dir)   # a study always runs afresh
         tic = time.time()
-        r = experiment.run(c, run_dir, quiet=True)
+        with heartbeat(f"{task} {variant} seed {seed}"):
+          r = experiment.run(c, run_dir, quiet=True)
         rows.append({"task": task, "variant": variant, "seed": seed,
                      "test_top1": r["test_top1"], "best_test_top1": r["best_test_top1"],
                      "heads_selected": r["method_info"].get("heads_selected"),

@@ -173,3 +173,15 @@ def test_study_pretraining_shows_progress_and_heatmaps_name_their_task(
   err = capfd.readouterr().err
   assert "train: 100%" in err and "10/10" in err    # the pretraining's bar
   assert titles and all(t.startswith("synthetic/texture: TIS") for t in titles), titles
+
+
+def test_heartbeat_logs_while_a_block_runs(caplog):
+  import time
+  caplog.set_level(logging.INFO, logger="absl")
+  with study.heartbeat("texture heat seed 0", every=0.05):
+    time.sleep(0.3)
+  beats = [r for r in caplog.records if "texture heat seed 0: still running" in r.getMessage()]
+  assert 3 <= len(beats) <= 7
+  caplog.clear()
+  time.sleep(0.2)   # stopped with the block
+  assert "still running" not in caplog.text
