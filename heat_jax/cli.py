@@ -115,19 +115,11 @@ def _override_error(e: BaseException) -> Optional[str]:
 def block_value_line(field: str, value: str) -> str:
   """The line for `--config.<block>=value`: name the block's fields to set instead."""
   block = field.split(".", 1)[1] if "." in field else field
-  fields: list[str] = []
-  try:
-    from heat_jax.configs.common import base_config
-  except ImportError:   # a checkout from before the configs moved into the package
-    try:
-      from configs.common import base_config
-    except ImportError:
-      base_config = None
-  if base_config is not None:
-    node = base_config()
-    for part in block.split("."):
-      node = node.get(part) if hasattr(node, "get") else None
-    fields = list(node.keys()) if hasattr(node, "keys") else []
+  from heat_jax.configs.common import base_config
+  node = base_config()
+  for part in block.split("."):
+    node = node.get(part) if hasattr(node, "get") else None
+  fields = list(node.keys()) if hasattr(node, "keys") else []
   first = "name" if "name" in fields else (fields[0] if fields else "<field>")
   listed = f" (its fields: {', '.join(fields)})" if fields else ""
   return (f"{field} is a block of fields, not a value{listed}; set one of them, e.g. "

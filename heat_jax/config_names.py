@@ -18,11 +18,8 @@ _PRIVATE = ("__init__", "common")   # modules of the config package that are not
 
 
 def config_dir() -> Path:
-  """The folder of the packaged config files."""
-  packaged = _PACKAGE / "configs"
-  if (packaged / "common.py").is_file():
-    return packaged
-  return _PACKAGE.parent / "configs"   # a checkout from before the configs moved
+  """The folder of the packaged config files (heat_jax/configs)."""
+  return _PACKAGE / "configs"
 
 
 def available() -> list[str]:

@@ -27,10 +27,7 @@ def make(out_dir: Path) -> Path:
   """Pretrains in a fresh cache and writes the asset pair into `out_dir`."""
   from heat_jax import study
   from heat_jax.io_utils import sha256_file, write_json
-  try:
-    from heat_jax.configs import demo
-  except ImportError:   # before the configs moved into the package
-    from configs import demo
+  from heat_jax.configs import demo
   config = demo.get_config()
   with tempfile.TemporaryDirectory() as cache:
     old = os.environ.get("HEAT_JAX_CACHE")

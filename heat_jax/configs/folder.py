@@ -34,7 +34,7 @@ from typing import Optional
 
 import ml_collections
 
-from configs.common import base_config, parse_arg
+from heat_jax.configs.common import base_config, parse_arg
 from heat_jax.errors import ConfigError
 
 SPLIT_DIRS = ("train", "val", "test")

@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from configs.common import base_config, parse_arg
+from heat_jax.configs.common import base_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -28,7 +28,7 @@ from typing import Optional
 
 import ml_collections
 
-from configs.common import base_config, parse_arg
+from heat_jax.configs.common import base_config, parse_arg
 from heat_jax.data.vtab_tasks import TASK_NAMES, get_task
 from heat_jax.errors import ConfigError
 from heat_jax.methods import method_class
