@@ -65,12 +65,15 @@ def _with_head(params, state):
 
 def test_tiny_logits_through_load_pretrained(tiny_state, tiny_ref):
   model = _tiny_model()
-  params = load_pretrained(FIXTURES / "swin_tiny.safetensors", model)
-  # The head is re-initialised (zeros by default), never read from the file.
+  params = load_pretrained(FIXTURES / "swin_tiny.safetensors", model, keep_head=False)
+  # keep_head=False (training runs): the head is re-initialised (zeros by default).
   assert not np.any(np.asarray(params["head"]["kernel"]))
   x = _inputs(TINY["num_inputs"], 32, TINY["input_seed"])
   out = _logits(model, _with_head(params, tiny_state), x)
   assert np.abs(out - tiny_ref["logits"]).max() <= TOL
+  # By default a head of the model's class count is the file's: timm's logits as loaded.
+  kept = load_pretrained(FIXTURES / "swin_tiny.safetensors", model)
+  assert np.abs(_logits(model, kept, x) - tiny_ref["logits"]).max() <= TOL
 
 
 def test_microsoft_layout_converts_identically(tiny_state, tmp_path):
