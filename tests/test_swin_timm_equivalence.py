@@ -90,7 +90,7 @@ def test_microsoft_layout_converts_identically(tiny_state, tmp_path):
   assert sorted(new_flat) == sorted(old_flat)
   for k in new_flat:
     np.testing.assert_array_equal(new_flat[k], old_flat[k])
-  assert set(new_flat) == {k for k in template if not k.startswith("head/")}
+  assert set(new_flat) == set(template)   # the classifier too (kept when it fits)
   # The same old-layout dict as a file goes through load_pretrained too.
   save_file({k: np.ascontiguousarray(v) for k, v in old.items()},
             str(tmp_path / "old_layout.safetensors"))
