@@ -262,7 +262,7 @@ def load_adapter(path: str, *, base: Optional[str] = None, check_base: bool = Tr
     base_path = str(checkpoints.resolve_checkpoint(name))
     if check_base:
       verify_base(meta, base_path, where)
-    params = checkpoints.load_pretrained(base_path, model, rng=rng,
+    params = checkpoints.load_pretrained(base_path, model, rng=rng, keep_head=False,
                                          interpolation=recorded.get("interpolation", "zoom"))
   else:
     params = checkpoints.init_params(model, rng=rng)

@@ -42,7 +42,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from heat_jax import artifacts, checkpoints, distributed, evaluation, logs, preemption
+from heat_jax import artifacts, checkpoints, config_diff, distributed, evaluation, logs
+from heat_jax import preemption
 from heat_jax import workdir as workdir_lib
 from heat_jax.clock import Clock
 from heat_jax.data import build_task, check_config as check_data_config
@@ -145,8 +146,8 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str,
   except (OSError, ValueError):
     return None  # unreadable: the run is redone and the file rewritten
   if found.get("fingerprint") != fingerprint:
-    raise ConfigError(f"workdir {workdir} holds a finished run with a different config; "
-                      "use a new --workdir or --config.train.resume=False")
+    raise config_diff.refusal(workdir, found.get("config"), config, finished=True,
+                              ignore=_RESUME_NEUTRAL)
   artifacts_needed = ["adapter.npz", "adapter.json"]
   if config.train.export_merged:
     artifacts_needed.append(artifacts.merged_filename(model_family(config.model.name)))
@@ -227,8 +228,7 @@ def open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
     meta = ckpt.restore_meta(latest)
     if meta.get("fingerprint") != fingerprint:
       ckpt.close()
-      raise ConfigError(f"workdir {workdir} holds a run with a different config; use a new "
-                        "--workdir or --config.train.resume=False")
+      raise config_diff.refusal(workdir, meta.get("config"), config, ignore=_RESUME_NEUTRAL)
     if "method_state" not in meta:
       ckpt.close()
       raise CheckpointError(f"the checkpoint in {workdir} has no method state (written by "

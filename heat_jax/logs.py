@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 
 from absl import flags, logging
 
@@ -28,10 +29,22 @@ from absl import flags, logging
 CHATTY = ("orbax", "tensorflow_datasets", "etils", "jax", "jaxlib", "flax", "absl")
 
 
+# TFDS warns about a version folder it only guessed (`dtd/3.0.1` under an empty data
+# dir): noise before heat_jax's own "not prepared" error, dropped when it does not exist.
+_NO_INFO = re.compile(r"Variant folder (\S+) has no dataset_info\.json")
+
+
+def _spurious(record: std_logging.LogRecord) -> bool:
+  match = _NO_INFO.search(str(record.msg) if not record.args else record.getMessage())
+  return bool(match) and not os.path.exists(match.group(1))
+
+
 class _HideChatty(std_logging.Filter):
   """Drops INFO records of CHATTY packages unless absl's verbosity is DEBUG or more."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if _spurious(record):
+      return False
     if record.levelno >= std_logging.WARNING or logging.get_verbosity() >= logging.DEBUG:
       return True
     path = os.path.abspath(record.pathname)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from heat_jax import distributed, evaluation, preemption
+from heat_jax import config_diff, distributed, evaluation, preemption
 from heat_jax.clock import Clock
 from heat_jax.errors import TrainingError
 from heat_jax.training.metrics import MetricWriter, NullWriter
@@ -130,5 +130,6 @@ def check_finite(flags: list[tuple[int, Any]]) -> None:
 
 
 def checkpoint_meta(p: Any, history: list[dict], clock: Clock) -> dict:
-  return {"fingerprint": p.fingerprint, "history": history, **clock.state(),
+  return {"fingerprint": p.fingerprint, "config": config_diff.as_json(p.config),
+          "history": history, **clock.state(),
           "method_state": p.method.resume_state()}

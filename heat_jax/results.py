@@ -52,7 +52,7 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
       "best_epoch": best["epoch"], f"val_{m}": final.get(f"val_{m}"),
       f"val_selected_test_{m}": val_selected, **(others if m != "top1" else {}),
       **({"palette": task.info["palette"]} if "palette" in task.info else {}),
-      "num_test_examples": task.test.num_examples,
+      "num_classes": int(task.num_classes), "num_test_examples": task.test.num_examples,
       "trainable_params": trainable[0], "trainable_params_no_head": trainable[1],
       "total_params": trainable[2], "steps": steps,
       "wall_time_s": round(wall, 3), "train_time_s": round(train_time, 3),

@@ -1,7 +1,10 @@
 """A small study: several methods x tasks x seeds on one backbone, and a table.
 
-Used by the offline demo (`configs/demo.py`): the backbone is pretrained once on the
-synthetic pre-training mixture (cached under `$HEAT_JAX_CACHE/demo`), then every
+Used by the offline demo (`configs/demo.py`): the backbone is pretrained on the
+synthetic pre-training mixture; the demo's own (default `pretrain` settings) ships in
+`heat_jax/assets/demo_backbone.npz` (made by `tools/make_demo_backbone.py`, which runs
+this very pretraining), other settings are pretrained once and cached under
+`$HEAT_JAX_CACHE/demo`. Then every
 variant is one `experiment.run` in `workdir/<task>/<variant>/seed<k>`, started afresh
 (the directory is cleared first). Seed k sets the run seed, the random head set of
 `heat_random` and the random scoring classifier of `heat_rnd_cls*`. Compiled XLA
@@ -11,13 +14,17 @@ since compiling dominates runs this small.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import shutil
+import threading
 import time
-from typing import Any
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import ml_collections
 import numpy as np
@@ -28,6 +35,8 @@ from heat_jax.errors import ConfigError
 from heat_jax.io_utils import as_path, cache_dir, remove_tree, write_json, write_text
 from heat_jax.models import model_family
 
+HEARTBEAT_S = 12.0   # a line at least this often during a run (progress bars are off)
+BACKBONE_ASSET = "demo_backbone"   # heat_jax/assets/demo_backbone.{npz,json}
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
           "NOT a VTAB result")
 
@@ -67,16 +76,40 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def pretrained_backbone(config: ml_collections.ConfigDict) -> str:
-  """Path of the demo backbone, pretraining it (once, cached) if needed."""
+def backbone_key(config: ml_collections.ConfigDict) -> str:
+  """The hash of what makes the demo backbone: the model and `config.pretrain`."""
+  model = config.base.model
+  spec = json.dumps({"model": model.name, "image_size": model.image_size,
+                     **config.pretrain.to_dict()}, sort_keys=True)
+  return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def packaged_backbone(key: str) -> Optional[tuple[str, dict]]:
+  """(path, info) of the backbone shipped in heat_jax/assets when it was made with
+  `key` (tools/make_demo_backbone.py writes it), else None."""
+  folder = Path(str(resources.files("heat_jax.assets")))
+  path, info_path = folder / f"{BACKBONE_ASSET}.npz", folder / f"{BACKBONE_ASSET}.json"
+  if not (path.is_file() and info_path.is_file()):
+    return None
+  info = json.loads(info_path.read_text())
+  return (str(path), info) if info.get("key") == key else None
+
+
+def pretrained_backbone(config: ml_collections.ConfigDict, *, packaged: bool = True) -> str:
+  """Path of the demo backbone: the packaged one when it was made by this very
+  `config.pretrain` (`packaged`), else pretrained once and cached."""
   p = config.pretrain
   model = config.base.model
-  spec = json.dumps({"model": model.name, "image_size": model.image_size, **p.to_dict()},
-                    sort_keys=True)
-  key = hashlib.sha256(spec.encode()).hexdigest()[:12]
+  key = backbone_key(config)
   merged = artifacts.merged_filename(model_family(model.name))   # merged.npz for a ViT
   path = cache_dir("demo") / f"backbone-{model.name}-{key}{os.path.splitext(merged)[1]}"
   info_path = path.with_suffix(".json")
+  shipped = packaged_backbone(key) if packaged else None
+  if shipped is not None:
+    logging.info(f"using the packaged pretrained backbone {shipped[0]} ({p.steps} steps, "
+                 f"made by tools/make_demo_backbone.py; held-out pretraining accuracy "
+                 f"{shipped[1]['test_top1']:.3f})")
+    return shipped[0]
   if path.exists():
     note = ""
     if info_path.exists():
@@ -105,6 +138,7 @@ def pretrained_backbone(config: ml_collections.ConfigDict) -> str:
   pre.train.eval_every_epochs = 10_000
   pre.train.export_merged = True
   pre.train.resume = False
+  pre.train.progress = True   # the longest phase: a progress bar, not silence
   pre.optim.lr = p.lr
   pre.optim.warmup_epochs = 1
   pre.optim.weight_decay = p.weight_decay
@@ -201,6 +235,25 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   return tasks, variants
 
 
+@contextlib.contextmanager
+def heartbeat(what: str, every: float = HEARTBEAT_S) -> Iterator[None]:
+  """Logs `what: still running (Ns)` every `every` seconds until the block ends, so a
+  long run (compiling, scoring, training: all quiet in a study) never looks stuck."""
+  stop, start = threading.Event(), time.time()
+
+  def beat() -> None:
+    while not stop.wait(every):
+      logging.info(f"{what}: still running ({time.time() - start:.0f}s)")
+
+  thread = threading.Thread(target=beat, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
+
+
 def enable_compilation_cache() -> None:
   """Persists XLA executables under `$HEAT_JAX_CACHE/demo/xla` (unless one is set).
 
@@ -241,7 +294,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         run_dir = os.path.join(workdir, task, variant, f"seed{seed}")
         remove_tree(run_dir)   # a study always runs afresh
         tic = time.time()
-        r = experiment.run(c, run_dir, quiet=True)
+        with heartbeat(f"{task} {variant} seed {seed}"):
+          r = experiment.run(c, run_dir, quiet=True)
         rows.append({"task": task, "variant": variant, "seed": seed,
                      "test_top1": r["test_top1"], "best_test_top1": r["best_test_top1"],
                      "heads_selected": r["method_info"].get("heads_selected"),

@@ -25,7 +25,7 @@ def load_weights(config: ml_collections.ConfigDict, model: Any) -> tuple[dict, d
     path = checkpoints.resolve_checkpoint(config.model.pretrained)
     base.update(file=os.path.basename(path), sha256=sha256_file(path),
                 **checkpoints.provenance(config.model.pretrained))
-    params = checkpoints.load_pretrained(path, model, rng=init_rng,
+    params = checkpoints.load_pretrained(path, model, rng=init_rng, keep_head=False,
                                          interpolation=config.model.posemb_interpolation)
     bad = first_non_finite(params)
     if bad is not None:

@@ -96,10 +96,14 @@ def micro():
 def test_vit_jax_dialect(tmp_path, micro, prefix):
   model, fresh_head = micro
   path, arrays = _write(tmp_path, prefix=prefix, seed=1)
-  params = load_pretrained(path, model, rng=jax.random.key(3))
+  params = load_pretrained(path, model, rng=jax.random.key(3), keep_head=False)
   _assert_loaded(params, _expected_from_vit_jax(arrays, prefix), fresh_head)
-  # The file's head (same class count) is never reused.
+  # keep_head=False (training runs): the file's head (same class count) is not reused;
   assert not np.allclose(_flat(params)["head/kernel"], arrays[f"{prefix}head/kernel"])
+  # by default a head of the model's class count is the file's (merged exports).
+  kept = _flat(load_pretrained(path, model, rng=jax.random.key(3)))
+  np.testing.assert_array_equal(kept["head/kernel"], arrays[f"{prefix}head/kernel"])
+  np.testing.assert_array_equal(kept["head/bias"], arrays[f"{prefix}head/bias"])
 
 
 @pytest.mark.parametrize("scanned", [False, True], ids=["unscanned", "scanned"])
@@ -109,7 +113,7 @@ def test_big_vision_dialect(tmp_path, prefix, scanned, classifier):
   model = create_model("ViT-micro", 5, classifier=classifier)
   path, arrays = _write(tmp_path, dialect="big_vision", prefix=prefix, scanned=scanned,
                         classifier=classifier, seed=2)
-  params = load_pretrained(path, model)
+  params = load_pretrained(path, model, keep_head=False)
   expected = _expected_from_big_vision(arrays, prefix, MICRO["layers"], classifier == "token")
   zero_head = {"head/kernel": np.zeros((32, 5), np.float32),
                "head/bias": np.zeros((5,), np.float32)}
@@ -146,14 +150,14 @@ def test_linen_named_vit_jax_file_keeps_class_slot(tmp_path, micro):
   linen = _expected_from_vit_jax(arrays)
   path = tmp_path / "linen.npz"
   write_npz(path, linen)
-  params = load_pretrained(path, model, rng=jax.random.key(3))
+  params = load_pretrained(path, model, rng=jax.random.key(3), keep_head=False)
   _assert_loaded(params, linen, fresh_head)
 
 
 def test_pre_logits_dropped_or_kept(tmp_path, micro):
   model, fresh_head = micro
   path, arrays = _write(tmp_path, representation_size=32, seed=5)
-  params = load_pretrained(path, model, rng=jax.random.key(3))
+  params = load_pretrained(path, model, rng=jax.random.key(3), keep_head=False)
   assert "pre_logits" not in params
   _assert_loaded(params, _expected_from_vit_jax(arrays), fresh_head)
   with_rep = create_model("ViT-micro", 5, representation_size=32)
@@ -424,7 +428,7 @@ def test_download_into_cache_once(tmp_path, server, micro):
   assert os.listdir(dest.parent) == ["ViT-B_16.npz"]  # no temporary file left behind
 
   assert resolve_checkpoint("imagenet21k/ViT-B_16") == dest  # reused: no new request
-  params = load_pretrained("ViT-B_16", model, rng=jax.random.key(3))
+  params = load_pretrained("ViT-B_16", model, rng=jax.random.key(3), keep_head=False)
   assert len(srv.requests) == 1
   _assert_loaded(params, _expected_from_vit_jax(arrays), fresh_head)
 

@@ -109,3 +109,79 @@ def test_tiny_study_end_to_end(tmp_path, monkeypatch, caplog, capsys):
   assert [r["variant"] for r in rows2] == ["heat"]
   result = json.loads((workdir / "texture" / "heat" / "seed0" / "results.json").read_text())
   assert result["config"]["train"]["epochs"] == 2
+
+
+def test_default_demo_uses_the_packaged_backbone(tmp_path, monkeypatch, caplog):
+  """The default settings need no pretraining: the asset made for their key is used,
+  from an empty cache; other settings are not given it."""
+  monkeypatch.setenv("HEAT_JAX_CACHE", str(tmp_path / "cache"))
+  config = demo.get_config()
+  shipped = study.packaged_backbone(study.backbone_key(config))
+  assert shipped is not None, "run tools/make_demo_backbone.py"
+  caplog.set_level(logging.INFO, logger="absl")
+  assert study.pretrained_backbone(config) == shipped[0]
+  assert "using the packaged pretrained backbone" in caplog.text
+  assert study.packaged_backbone(study.backbone_key(demo.get_config("pretrain_steps=10"))) is None
+  from heat_jax.checkpoints import load_pretrained
+  from heat_jax.io_utils import sha256_file
+  assert sha256_file(shipped[0]) == shipped[1]["sha256"]
+  model = create_model(config.base.model.name, 8)
+  params = load_pretrained(shipped[0], model, keep_head=False)   # a ViT-demo checkpoint
+  assert params["Transformer"]["encoderblock_3"] and shipped[1]["test_top1"] > 0.5
+
+
+@pytest.mark.slow
+def test_packaged_backbone_is_what_the_pretraining_makes(tmp_path):
+  """tools/make_demo_backbone.py (the study's own pretraining, ~2-4 min on 2 CPU cores)
+  reproduces the asset: bit for bit on the machine that made it, to 1e-3 elsewhere."""
+  import importlib.util
+  from pathlib import Path
+  from heat_jax.io_utils import load_npz
+  root = Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("make_demo_backbone",
+                                                root / "tools" / "make_demo_backbone.py")
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  made = tool.make(tmp_path)
+  shipped = study.packaged_backbone(study.backbone_key(demo.get_config()))
+  assert shipped is not None
+  a, b = load_npz(made), load_npz(shipped[0])
+  assert sorted(a) == sorted(b)
+  worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+  assert worst <= 1e-3, f"the pretraining no longer reproduces the asset (max diff {worst})"
+  info = json.loads((tmp_path / "demo_backbone.json").read_text())
+  assert abs(info["test_top1"] - shipped[1]["test_top1"]) <= 0.01
+
+
+def test_study_pretraining_shows_progress_and_heatmaps_name_their_task(
+    tmp_path, monkeypatch, capfd):
+  """A pretraining that is not packaged shows a progress bar; each heatmap's title
+  starts with its task."""
+  from heat_jax import importance
+  monkeypatch.setenv("HEAT_JAX_CACHE", str(tmp_path / "cache"))
+  titles = []
+  plot = importance.plot_importance
+
+  def recording(*args, title=None, **kwargs):
+    titles.append(title)
+    return plot(*args, title=title, **kwargs)
+
+  monkeypatch.setattr(importance, "plot_importance", recording)
+  config = demo.get_config(TINY + ",variants=heat")
+  config.study.compilation_cache = False
+  study.run(config, str(tmp_path / "wd"))
+  err = capfd.readouterr().err
+  assert "train: 100%" in err and "10/10" in err    # the pretraining's bar
+  assert titles and all(t.startswith("synthetic/texture: TIS") for t in titles), titles
+
+
+def test_heartbeat_logs_while_a_block_runs(caplog):
+  import time
+  caplog.set_level(logging.INFO, logger="absl")
+  with study.heartbeat("texture heat seed 0", every=0.05):
+    time.sleep(0.3)
+  beats = [r for r in caplog.records if "texture heat seed 0: still running" in r.getMessage()]
+  assert 3 <= len(beats) <= 7
+  caplog.clear()
+  time.sleep(0.2)   # stopped with the block
+  assert "still running" not in caplog.text

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
+import os
 import re
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "heat_jax"
-FIRST_PARTY = {"heat_jax", "configs"}  # configs/: the checkout's, imported by sweep.py
+FIRST_PARTY = {"heat_jax", "configs"}  # configs/: the checkout's thin copies
 
 # Distribution (normalised) -> its top-level import name, where the two differ.
 IMPORT_NAMES = {
@@ -163,3 +165,69 @@ def test_pytest_q_prints_the_summary_line(tmp_path):
        str(tmp_path / "test_one.py")], capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stdout + out.stderr
   assert re.search(r"^1 passed in [\d.]+s", out.stdout, re.M), out.stdout
+
+
+def _venv_with_heat_jax(tmp_path: Path, *, editable: bool) -> Path:
+  """A fresh venv (no pip of its own) that sees this interpreter's packages through a
+  .pth file, with this checkout installed into it by pip (no deps, no build isolation:
+  offline); returns its bin/ folder."""
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                 timeout=120)
+  site = next((venv / "lib").glob("python3*/site-packages"))
+  import site as site_module
+  parents = [p for p in site_module.getsitepackages() if Path(p).is_dir()]
+  (site / "zz_parent_site.pth").write_text(
+      "".join(f"import site; site.addsitedir({p!r})\n" for p in parents))
+  python = venv / "bin" / "python"
+  install = subprocess.run(
+      [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+       "--ignore-installed", *(["-e"] if editable else []), str(ROOT)],
+      capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
+  return venv / "bin"
+
+
+def _clean_env(tmp_path: Path) -> dict:
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+  return {**env, "HEAT_JAX_CACHE": str(tmp_path / "cache"), "HEAT_JAX_NO_TENSORBOARD": "1",
+          "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.mark.parametrize("editable", [True, False], ids=["pip_install_-e", "pip_install"])
+def test_heat_jax_command_from_another_directory(tmp_path, editable):
+  """`pip install [-e] .` gives a `heat-jax` command whose packaged configs work from a
+  directory outside the checkout (no configs/ folder there, nothing on PYTHONPATH)."""
+  bin_dir = _venv_with_heat_jax(tmp_path, editable=editable)
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = _clean_env(tmp_path)
+  where = subprocess.run([str(bin_dir / "python"), "-c",
+                          "import heat_jax.configs.smoke as m; print(m.__file__)"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+  assert where.returncode == 0, where.stderr[-2000:]
+  if not editable:   # the configs were copied into the venv, not read from the checkout
+    assert str(tmp_path / "venv") in where.stdout, where.stdout
+  helped = subprocess.run([str(bin_dir / "heat-jax"), "--help"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert helped.returncode == 0, helped.stderr[-2000:]
+  assert helped.stdout.startswith("Trains and evaluates one PETL run")
+  assert "(demo, folder, smoke, vtab)" in helped.stdout
+  if not editable:
+    return   # one training run per install mode is enough: the editable one (CI's)
+  ran = subprocess.run([str(bin_dir / "heat-jax"), "--config=smoke:method=lora",
+                        "--config.train.max_steps=2", "--config.train.progress=False",
+                        "--workdir=w"], cwd=elsewhere, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert ran.returncode == 0, ran.stderr[-3000:]
+  results = json.loads((elsewhere / "w" / "results.json").read_text())
+  assert results["method"] == "lora" and results["steps"] == 2
+  assert "test top-1" in ran.stdout
+  from tests.test_folder_config import make_folder
+  images = make_folder(tmp_path / "images")   # 3 classes x 10 images
+  ran = subprocess.run([str(bin_dir / "heat-jax"), f"--config=folder:root={images},"
+                        "model=ViT-micro,epochs=1", "--config.train.progress=False",
+                        "--workdir=f"], cwd=elsewhere, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert ran.returncode == 0, ran.stderr[-3000:]
+  assert json.loads((elsewhere / "f" / "results.json").read_text())["num_classes"] == 3

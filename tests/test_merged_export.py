@@ -56,11 +56,34 @@ def test_merged_export_through_run_py_matches_the_adapter(cli_run, method, overr
   meta = artifacts.read_adapter_json(str(work))
   plain = model_spec.model_from_spec({**meta["model"], "extensions": []})
   merged = work / artifacts.merged_filename(plain.family)
-  params = checkpoints.load_pretrained(str(merged), plain)   # the head is never loaded
-  arrays = load_npz(merged)
-  params["head"] = {"kernel": arrays["head/kernel"], "bias": arrays["head/bias"]}
+  params = checkpoints.load_pretrained(str(merged), plain)   # same class count: its head
   got = np.asarray(plain.apply({"params": params}, images, train=False))
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+  arrays = load_npz(merged)
+  np.testing.assert_array_equal(params["head"]["kernel"], arrays["head/kernel"])
+
+
+def test_merged_file_for_another_class_count_gets_a_fresh_head(cli_run, caplog):
+  """Loading the merged file into a model with other classes: a fresh head, one log line;
+  keep_head=False (what training runs use) never takes the file's head."""
+  import logging
+
+  from heat_jax import artifacts, checkpoints, model_spec
+  work, _ = cli_run("--config=configs/smoke.py:method=lora", *RUN)
+  meta = artifacts.read_adapter_json(str(work))
+  classes = meta["model"]["num_classes"]
+  merged = str(work / "merged.npz")
+  caplog.set_level(logging.INFO, logger="absl")
+  other = model_spec.model_from_spec({**meta["model"], "extensions": [],
+                                      "num_classes": classes + 3})
+  params = checkpoints.load_pretrained(merged, other)
+  assert params["head"]["kernel"].shape[-1] == classes + 3
+  assert not np.abs(params["head"]["kernel"]).any()   # vit_jax's zero head init
+  assert (f"its classifier ({classes} classes) does not fit the model's {classes + 3} "
+          "classes; the head is initialised afresh") in caplog.text
+  same = model_spec.model_from_spec({**meta["model"], "extensions": []})
+  fresh = checkpoints.load_pretrained(merged, same, keep_head=False)
+  assert not np.abs(fresh["head"]["kernel"]).any()
 
 
 @pytest.mark.parametrize("method,overrides", NOT_MERGEABLE)

@@ -26,12 +26,12 @@ def _data(**kw):
 
 
 def test_synthetic_masks_follow_the_colours_and_are_seeded():
-  task = build_task(_data(), model_family="vit", image_size=32)
+  task = build_task(_data(), image_size=32)
   a = next(task.train.batches(8))
-  b = next(build_task(_data(), model_family="vit", image_size=32).train.batches(8))
+  b = next(build_task(_data(), image_size=32).train.batches(8))
   np.testing.assert_array_equal(a["image"], b["image"])
   np.testing.assert_array_equal(a["label"], b["label"])
-  other = next(build_task(_data(synthetic_seed=1), model_family="vit",
+  other = next(build_task(_data(synthetic_seed=1),
                           image_size=32).train.batches(8))
   assert not np.array_equal(a["label"], other["label"])
   labels, images = a["label"], a["image"]
@@ -64,7 +64,7 @@ def _fake_ade(root, n_train=3, n_val=2):
 def test_ade_folder_pipeline(tmp_path):
   _fake_ade(str(tmp_path))
   task = build_task(_data(source="ade20k", num_classes=150, folder_root=str(tmp_path)),
-                    model_family="vit", image_size=32)
+                    image_size=32)
   assert task.num_classes == 150 and task.train.num_examples == 3
   batch = next(task.train.batches(3, shuffle=True, seed=0, epoch=0, drop_remainder=True))
   assert batch["image"].shape == (3, 32, 32, 3) and batch["label"].shape == (3, 32, 32)
@@ -100,7 +100,7 @@ def test_reduce_zero_label_and_pipeline_steps():
 def test_missing_folder_is_one_line(tmp_path):
   with pytest.raises(DataError, match="ADEChallengeData2016"):
     build_task(_data(source="ade20k", num_classes=150, folder_root=str(tmp_path / "none")),
-               model_family="vit", image_size=32)
+               image_size=32)
 
 
 def test_ade20k_config_fails_offline_in_seconds(tmp_path):

@@ -21,7 +21,7 @@ from heat_jax.weights import load_weights
 
 def majority_miou(config) -> float:
   """mIoU of predicting the most frequent class everywhere, from the test labels alone."""
-  task = build_task(config.data, model_family="vit", image_size=config.model.image_size)
+  task = build_task(config.data, image_size=config.model.image_size)
   labels = np.concatenate([b["label"] for b in task.test.batches(64)])
   valid = labels[labels != 255]
   counts = np.bincount(valid, minlength=task.num_classes)

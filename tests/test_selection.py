@@ -172,3 +172,30 @@ def test_save_and_plot(tmp_path):
   assert red.sum() > 50 and grey.sum() > 500  # selected boxes and absent-head cells
   plain = matplotlib.image.imread(plot_importance(tmp_path / "plain.png", scores))
   assert ((plain[..., 0] > 0.9) & (plain[..., 1] < 0.2)).sum() == 0  # nothing selected
+
+
+@pytest.mark.parametrize("budget,expected", [(1, 1), (1.0, 48), (8.0, 8), (0.5, 24)])
+def test_float_one_is_all_heads_and_int_one_is_one_head(budget, expected):
+  assert select_heads(_scores((4, 12)), budget).sum() == expected
+  assert heads_to_keep(48, budget) == expected
+
+
+def test_deactivate_float_one_leaves_no_head():
+  with pytest.raises(ConfigError, match="leaves no head"):
+    heads_to_keep(48, deactivate=1.0)
+  assert heads_to_keep(48, deactivate=1) == 47
+
+
+def test_budget_flag_keeps_the_type_written(cli_run):
+  """run.py: `--config.heat.budget=1.0` trains every head of ViT-micro (2 x 2), not one;
+  configs/vtab.py-style args (`budget=1`) keep an int as an int."""
+  work, _ = cli_run("--config=configs/smoke.py", "--config.heat.budget=1.0",
+                    "--config.train.max_steps=1")
+  heads = np.load(work / "heads.npy")
+  assert heads.shape == (2, 2) and heads.all()
+  results = json.loads((work / "results.json").read_text())
+  assert results["config"]["heat"]["budget"] == 1.0
+  from configs import vtab
+  assert vtab.get_config("dtd,budget=1").heat.budget == 1
+  assert isinstance(vtab.get_config("dtd,budget=1").heat.budget, int)
+  assert isinstance(vtab.get_config("dtd,budget=1.0").heat.budget, float)

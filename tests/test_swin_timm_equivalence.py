@@ -65,12 +65,15 @@ def _with_head(params, state):
 
 def test_tiny_logits_through_load_pretrained(tiny_state, tiny_ref):
   model = _tiny_model()
-  params = load_pretrained(FIXTURES / "swin_tiny.safetensors", model)
-  # The head is re-initialised (zeros by default), never read from the file.
+  params = load_pretrained(FIXTURES / "swin_tiny.safetensors", model, keep_head=False)
+  # keep_head=False (training runs): the head is re-initialised (zeros by default).
   assert not np.any(np.asarray(params["head"]["kernel"]))
   x = _inputs(TINY["num_inputs"], 32, TINY["input_seed"])
   out = _logits(model, _with_head(params, tiny_state), x)
   assert np.abs(out - tiny_ref["logits"]).max() <= TOL
+  # By default a head of the model's class count is the file's: timm's logits as loaded.
+  kept = load_pretrained(FIXTURES / "swin_tiny.safetensors", model)
+  assert np.abs(_logits(model, kept, x) - tiny_ref["logits"]).max() <= TOL
 
 
 def test_microsoft_layout_converts_identically(tiny_state, tmp_path):
@@ -87,7 +90,7 @@ def test_microsoft_layout_converts_identically(tiny_state, tmp_path):
   assert sorted(new_flat) == sorted(old_flat)
   for k in new_flat:
     np.testing.assert_array_equal(new_flat[k], old_flat[k])
-  assert set(new_flat) == {k for k in template if not k.startswith("head/")}
+  assert set(new_flat) == set(template)   # the classifier too (kept when it fits)
   # The same old-layout dict as a file goes through load_pretrained too.
   save_file({k: np.ascontiguousarray(v) for k, v in old.items()},
             str(tmp_path / "old_layout.safetensors"))

@@ -4,7 +4,7 @@
 weights in the exact vit_jax / big_vision `.npz` layouts, loaded by timm's own npz
 loader. Here the same weights and images are regenerated from the seeds, loaded with
 `heat_jax.checkpoints.load_pretrained`, and heat_jax's float32 logits must agree to
-1e-4. The head is copied from the file (load_pretrained always re-initialises it).
+1e-4. The head is copied from the file by hand (the fixtures' class count may differ).
 """
 
 from __future__ import annotations

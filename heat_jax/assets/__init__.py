@@ -6,6 +6,11 @@ Handwritten Digits" data, E. Alpaydin and C. Kaynak, 1998). scikit-learn distrib
 under the BSD-3-Clause license (Copyright the scikit-learn developers); UCI publishes the
 data under CC BY 4.0. It is shipped so that the synthetic `digits` task needs no
 scikit-learn at run time; `tools/make_digits_asset.py` regenerates it.
+
+`demo_backbone.npz` (+ `.json`: its pretraining key, sha256 and held-out accuracy) is the
+offline demo's pretrained ViT-demo, a merged.npz made by the study's own pretraining
+(`tools/make_demo_backbone.py`), so that `heat-jax` with the demo config pretrains
+nothing; `heat_jax.study.pretrained_backbone` uses it for the default settings only.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def is_fresh_param(name: str, names: frozenset[str]) -> bool:
 def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
                     image_size: Optional[int | tuple[int, int]] = None,
                     rng: Optional[jax.Array] = None,
-                    interpolation: str = "auto") -> Params:
+                    interpolation: str = "auto", keep_head: bool = True) -> Params:
   """Loads pretrained weights into a fresh parameter tree of `model`.
 
   Args:
@@ -154,15 +154,18 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
     model: a module from `heat_jax.models.create_model`.
     image_size: size the model will run at (default `model.image_size`); position
       embeddings are resized to its grid.
-    rng: initialises the head and any PETL extension parameters.
+    rng: initialises the head (when not kept) and any PETL extension parameters.
     interpolation: posemb resize method (`POSEMB_INTERPOLATIONS`): `auto` resizes
       as the file's own framework does (vit_jax / big_vision `.npz`: `zoom`; timm:
       `bicubic_aa`; Hugging Face: `bicubic`); or one of `heat_jax.resize.METHODS`.
+    keep_head: take the file's classifier when it has the model's shape (a merged
+      export of a run loads as that run's model); a head of another class count is
+      initialised afresh, with a log line. False: always a fresh head (training runs).
 
   Returns:
-    The parameter tree. `head` and extension parameters come from the fresh init;
-    every other parameter comes from the file, or a `CheckpointError` lists every
-    missing, unexpected and wrong-shaped key.
+    The parameter tree. Extension parameters (and the head, unless kept) come from
+    the fresh init; every other parameter comes from the file, or a `CheckpointError`
+    lists every missing, unexpected and wrong-shaped key.
   """
   path = resolve_checkpoint(name_or_path)
   convert = converter(model_format(model))
@@ -170,19 +173,21 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
   return load_converted(
       lambda template: convert(path, template=template, model=model, image_hw=hw,
                                interpolation=interpolation),
-      model, image_size=image_size, rng=rng, source=str(path))
+      model, image_size=image_size, rng=rng, source=str(path), keep_head=keep_head)
 
 
 def load_converted(convert: Callable[[dict], tuple[dict, dict]], model: nn.Module, *,
                    image_size: Optional[int | tuple[int, int]] = None,
-                   rng: Optional[jax.Array] = None, source: str) -> Params:
+                   rng: Optional[jax.Array] = None, source: str,
+                   keep_head: bool = False) -> Params:
   """The parameter tree from `convert(template shapes) -> (canonical arrays, facts)`:
   fresh head and extensions, every other parameter from the arrays (one error listing
   every mismatch otherwise). In-memory sources (`hf_vit.params_from_hf`) use it too."""
   flat_fresh = _fresh_template(model, image_size=image_size, rng=rng)
   template = {k: tuple(v.shape) for k, v in flat_fresh.items()}
   loaded, _ = convert(template)
-  merged = merge_into_template(loaded, flat_fresh, source=source, fresh=fresh_names(model))
+  merged = merge_into_template(loaded, flat_fresh, source=source, fresh=fresh_names(model),
+                               keep_head=keep_head)
   return traverse_util.unflatten_dict(merged, sep="/")
 
 
@@ -219,17 +224,37 @@ def _init_fresh(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[s
 _init_fresh_cached = jax.jit(_init_fresh, static_argnums=(0, 1))
 
 
+def _file_head(loaded: dict[str, np.ndarray], template: dict[str, Any],
+               source: str) -> dict[str, np.ndarray]:
+  """The file's `head/*` arrays when they have the model's shapes, else {} (logged)."""
+  keys = [k for k in template if k.split("/")[0] == "head"]
+  if not keys or not all(k in loaded for k in keys):
+    return {}
+  if all(np.shape(loaded[k]) == tuple(template[k].shape) for k in keys):
+    return {k: np.asarray(loaded[k]).astype(template[k].dtype) for k in keys}
+  from absl import logging
+  have = np.shape(loaded.get("head/bias", ()))
+  want = tuple(template["head/bias"].shape) if "head/bias" in template else ()
+  logging.info(f"{source}: its classifier ({have[0] if have else '?'} classes) does not "
+               f"fit the model's {want[0] if want else '?'} classes; the head is "
+               "initialised afresh")
+  return {}
+
+
 def merge_into_template(loaded: dict[str, np.ndarray], template: dict[str, Any], *,
-                        source: str, fresh: frozenset[str] = frozenset()) -> dict[str, Any]:
+                        source: str, fresh: frozenset[str] = frozenset(),
+                        keep_head: bool = False) -> dict[str, Any]:
   """Takes every non-fresh parameter from `loaded`; raises one error on any mismatch.
 
   `template` holds values for fresh parameters (subtrees named in `fresh` and the
-  head) and shapes for the rest.
+  head) and shapes for the rest. `keep_head`: the file's head where its shapes fit.
   """
   missing, wrong, merged = [], [], {}
+  if keep_head:
+    merged.update(_file_head(loaded, template, source))
   for key, value in template.items():
     if is_fresh_param(key, fresh):
-      merged[key] = value
+      merged.setdefault(key, value)
       continue
     if key not in loaded:
       missing.append(key)

@@ -5,7 +5,8 @@ merging at the start of stage s >= 1). Handled here:
   * the original Microsoft layout (`layers.{s}.downsample` at the end of stage s,
     classifier `head.*`): downsample moved to stage s + 1;
   * fused `qkv` / `proj` Linear layers -> per-head query/key/value/out kernels;
-  * buffers (`relative_position_index`, `attn_mask`) skipped, the classifier dropped;
+  * buffers (`relative_position_index`, `attn_mask`) skipped; the classifier `head.fc`
+    becomes `head/*` (kept by `load_pretrained` when its class count fits);
   * relative position bias tables resized when the model's window differs.
 
 `to_timm` is the way back: canonical parameters (extensions merged) -> a state dict
@@ -80,7 +81,7 @@ def to_canonical(state: dict[str, np.ndarray], template: dict[str, tuple[int, ..
   """Renames a timm/Microsoft Swin state dict to canonical Flax names (no resizing).
 
   Returns the arrays and facts: `layout` ('timm' or 'microsoft') and `dropped`
-  (buffers and classifier keys).
+  (buffers and unknown `head.*` keys).
   """
   if "patch_embed.proj.weight" not in state or not any(k.startswith("layers.") for k in state):
     raise CheckpointError("this file has no 'patch_embed.proj.weight' / 'layers.*' keys: it "
@@ -92,6 +93,10 @@ def to_canonical(state: dict[str, np.ndarray], template: dict[str, tuple[int, ..
   dropped = []
   for key, value in state.items():
     value = np.asarray(value)
+    if key in ("head.fc.weight", "head.fc.bias"):   # the classifier: kept when it fits
+      out["head/kernel" if key.endswith("weight") else "head/bias"] = (
+          np.ascontiguousarray(value.T) if key.endswith("weight") else value)
+      continue
     if key.startswith("head.") or any(key.endswith(b) for b in _BUFFERS):
       dropped.append(key)
       continue

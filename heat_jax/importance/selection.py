@@ -2,8 +2,10 @@
 
 Budgets (`budget` or the paper's `deactivate`):
   * a count: an integer >= 1 (`budget`) or >= 0 (`deactivate`, heads NOT adapted);
-  * a fraction: 0 < value < 1 of the heads in scope, rounded half up
-    (`floor(fraction * n + 0.5)`). A fractional `budget` keeps at least one head and a
+    an integral float above 1 (`8.0`, what a float-typed override gives) is a count too;
+  * a fraction: a float 0 < value <= 1 of the heads in scope, rounded half up
+    (`floor(fraction * n + 0.5)`); the float `1.0` is all heads and the integer `1` is
+    one head (`--config.heat.budget=1.0` vs `=1`: the field keeps the type written). A fractional `budget` keeps at least one head and a
     fractional `deactivate` leaves at least one head, in every scope unit; so with
     `scope='layer'` every layer keeps at least one head and Swin's stages (4, 8, 16, 32
     heads at 0.5) keep 2, 4, 8, 16 heads per block.
@@ -31,14 +33,21 @@ SCOPES = ("global", "layer")
 SELECTS = ("top", "bottom", "random")
 
 
+def is_fraction(value: float) -> bool:
+  """Whether a budget value is a fraction: a float in (0, 1] (`1` is a count, `1.0` all)."""
+  return (not isinstance(value, numbers.Integral) and isinstance(value, numbers.Real)
+          and 0 < value <= 1)
+
+
 def _as_count(value: float, n: int, *, name: str, where: str) -> int:
   """Heads designated by `value` (count or fraction) out of `n` (rounded half up)."""
   if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-    raise ConfigError(f"{name} must be a count or a fraction in (0, 1); got {value!r}")
-  if 0 < value < 1:
+    raise ConfigError(f"{name} must be a count (integer) or a fraction in (0, 1.0]; "
+                      f"got {value!r}")
+  if is_fraction(value):
     return int(math.floor(round(value * n, 9) + 0.5))
   if value < 0 or value != int(value):
-    raise ConfigError(f"{name} must be a count (integer) or a fraction in (0, 1); "
+    raise ConfigError(f"{name} must be a count (integer) or a fraction in (0, 1.0]; "
                       f"got {value!r}")
   count = int(value)
   if count > n:
@@ -55,7 +64,7 @@ def heads_to_keep(n: int, budget: Optional[float] = None,
   if deactivate is not None and deactivate >= 0:
     drop = _as_count(deactivate, n, name="deactivate", where=where)
     keep = n - drop
-    if 0 < deactivate < 1:
+    if is_fraction(deactivate) and deactivate < 1:
       keep = max(keep, 1)
     if keep < 1:
       raise ConfigError(f"deactivate={deactivate} leaves no head to adapt in {where} "
@@ -64,7 +73,7 @@ def heads_to_keep(n: int, budget: Optional[float] = None,
   if budget is None:
     raise ConfigError("head selection needs a budget (count or fraction) or deactivate")
   if budget == 0:
-    raise ConfigError("budget must be >= 1 head or a fraction in (0, 1); got 0")
+    raise ConfigError("budget must be >= 1 head or a fraction in (0, 1.0]; got 0")
   keep = _as_count(budget, n, name="budget", where=where)
   return min(max(keep, 1), n)
 
@@ -91,7 +100,8 @@ def select_heads(scores: np.ndarray, budget: Optional[float] = None, *,
 
   Args:
     scores: [layers, max_heads] importance (higher = more important).
-    budget: heads kept: a count >= 1 or a fraction in (0, 1) (per layer for scope='layer').
+    budget: heads kept: a count >= 1 (int) or a fraction in (0, 1.0] (float; 1.0 = all),
+      per layer for scope='layer'.
     scope: 'global' (rank all heads together) or 'layer' (rank within each layer).
     select: 'top' | 'bottom' | 'random' (controls at the same budget).
     seed: seed of `random`.

@@ -153,8 +153,11 @@ class Heat(Method):
     imp.probe_l2 = 1e-3                 # probe: l2 / 2 * ||kernel||^2 on the mean CE
     heat = ml_collections.ConfigDict()
     heat.scope = "global"               # global | layer
-    heat.budget = 0.5                   # count (>= 1) or fraction (0 < b < 1) of heads kept
-    heat.deactivate = -1.0              # paper form: heads NOT adapted, count or fraction (-1 = off)
+    # Heads kept: an int count (>= 1) or a float fraction in (0, 1.0] (1.0 = all heads).
+    # Untyped fields, so `--config.heat.budget=1` stays the int 1 (one head), `=1.0` a float.
+    heat.budget = ml_collections.FieldReference(0.5, field_type=object)
+    # Paper form: heads NOT adapted, count or fraction (-1 = off).
+    heat.deactivate = ml_collections.FieldReference(-1.0, field_type=object)
     heat.select = "top"                 # top | bottom | random
     heat.tune = "head_weights"          # head_weights | lora (Heart-LoRA, uses lora.*)
     heat.select_seed = 0
@@ -303,7 +306,8 @@ class Heat(Method):
       importance.save_importance(ctx.workdir, scores, selected, layout=layout, meta=meta)
       importance.plot_importance(os.path.join(ctx.workdir, "importance.png"), scores,
                                  selected, valid=layout.valid,
-                                 title=f"TIS ({imp.strategy}), {h.select} heads kept")
+                                 title=f"{ctx.task.name}: TIS ({imp.strategy}), "
+                                 f"{int(selected.sum())} {h.select} heads kept")
     self.selected = selected
 
   def initial_params(self, ctx: MethodContext) -> dict:

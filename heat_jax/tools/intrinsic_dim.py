@@ -106,7 +106,7 @@ def study_config(*, model: str, task: str, epochs: int, seed: int, lr: float,
                  pretrain_steps: int, pretrain_images: int, num_train: int, num_test: int,
                  batch_size: int):
   """The demo study config (backbone pretraining + base run config) for this tool."""
-  from configs import demo
+  from heat_jax.configs import demo
   from heat_jax.data import synthetic
   from heat_jax.study import check_pretrain
   config = demo.get_config(f"model={model},epochs={epochs},pretrain_steps={pretrain_steps},"

@@ -35,6 +35,9 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, *, total_steps: int
       return decay
     ramp = optax.linear_schedule(optim.warmup_init_lr, optim.lr, warmup)
     return optax.join_schedules([ramp, decay], [warmup])
+  if warmup == 0 and optim.lr > 0:   # the same values, without optax's 0-step warning
+    return optax.cosine_decay_schedule(init_value=optim.lr, decay_steps=max(total_steps, 1),
+                                       alpha=optim.min_lr / optim.lr)
   return optax.warmup_cosine_decay_schedule(
       init_value=optim.warmup_init_lr, peak_value=optim.lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=optim.min_lr)
