@@ -415,7 +415,7 @@ def train(p: Prepared, log: Log) -> tuple[Any, list[dict], _Clock]:
     def run() -> None:
       record: dict[str, Any] = {"epoch": epoch, "step": step}
       record["test_top1"] = trainer.evaluate(state, task.test, t.eval_batch_size)["top1"]
-      if task.val is not None:
+      if task.held_out_val() is not None:   # never a "val" number on training images
         record["val_top1"] = trainer.evaluate(state, task.val, t.eval_batch_size)["top1"]
       history.append(record)
       writer.write(step, {f"eval/{k}": v for k, v in record.items() if k != "step"})
@@ -518,7 +518,7 @@ def finalize(p: Prepared, state: Any, history: list[dict], clock: _Clock,
   if primary:
     write_json(os.path.join(p.workdir, RESULTS_FILE), results)
   log(f"{p.task.name} / {p.config.method.name}: test top-1 "
-      f"{results['test_top1']:.4f} (best epoch {results['best_test_top1']:.4f})")
+      f"{results['test_top1']:.4f} (final epoch)")
   return results
 
 
@@ -545,17 +545,12 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
               trainable: tuple[int, int, int], wall: float, train_time: float,
               images: int, steps: int) -> dict[str, Any]:
   """The results.json dict."""
-  final = history[-1]
-  best = max(history, key=lambda r: r["test_top1"])
-  val_selected = None
-  if task.val is not None and history and "val_top1" in history[0]:
-    val_selected = max(history, key=lambda r: r["val_top1"])["test_top1"]
+  final = history[-1]   # the protocol's number: no epoch is selected, on test or val
   return {
       "task": task.name, "method": config.method.name, "seed": int(config.seed),
       "model": config.model.name, "checkpoint": base,
-      "test_top1": final["test_top1"], "best_test_top1": best["test_top1"],
-      "best_epoch": best["epoch"], "val_top1": final.get("val_top1"),
-      "val_selected_test_top1": val_selected,
+      "test_top1": final["test_top1"], "selection": "final epoch",
+      "val_top1": final.get("val_top1"), "val_held_out": task.held_out_val() is not None,
       "num_test_examples": task.test.num_examples,
       "trainable_params": trainable[0], "trainable_params_no_head": trainable[1],
       "total_params": trainable[2], "steps": steps,
@@ -579,7 +574,7 @@ def _quiet(*_: Any) -> None:
 def summary_line(results: dict[str, Any]) -> str:
   """The one line a finished run prints on stdout (run.py)."""
   return (f"{results['task']} / {results['method']}: test top-1 {results['test_top1']:.4f} "
-          f"(best epoch {results['best_test_top1']:.4f}), trainable parameters "
+          f"(final epoch), trainable parameters "
           f"{results['trainable_params']:,}")
 
 
