@@ -45,7 +45,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from heat_jax import artifacts, checkpoints, distributed, logs, model_spec
+from heat_jax import artifacts, checkpoints, distributed, logs, model_spec, provenance
 from heat_jax import workdir as workdir_lib
 from heat_jax.data import build_task, check_config as check_data_config
 from heat_jax.data.base import Task
@@ -252,7 +252,8 @@ def load_weights(config: ml_collections.ConfigDict, model: Any) -> tuple[dict, d
                           "init_seed": int(config.seed)}
   if config.model.pretrained:
     path = checkpoints.resolve_checkpoint(config.model.pretrained)
-    base.update(file=os.path.basename(path), sha256=sha256_file(path))
+    base.update(file=os.path.basename(path), sha256=sha256_file(path),
+                source=provenance.checkpoint_source(config.model.pretrained, path))
     params = checkpoints.load_pretrained(path, model, rng=init_rng,
                                          interpolation=config.model.posemb_interpolation)
     bad = first_non_finite(params)
@@ -559,6 +560,7 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
       "value_range": task.info.get("value_range"),
       "resize_method": task.info.get("resize_method"),
       "preprocess": preprocess_info(config, task), "class_names": task.class_names(),
+      "normalization": provenance.normalization(task.info.get("value_range")),
       "method_info": method_info, "history": history,
       "config": config.to_dict(),
   }

@@ -30,6 +30,10 @@ class CheckpointInfo:
   hf_repo: str = ""    # Hugging Face Hub model repository holding the file, if any
   hf_filename: str = ""
   hf_revision: str = "main"
+  # sha256 of the public file, where a public source states it ("" = unknown: the
+  # vit_models bucket publishes none; Hub files are checked by huggingface_hub against
+  # the repository's LFS sha256). A download or cached file that differs is refused.
+  sha256: str = ""
 
   @property
   def url(self) -> str:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from typing import Any, Optional
+
+from heat_jax.errors import ConfigError
 
 COMPOSITE = {"train800val200": ("train800", "val200")}
 _PART = re.compile(r"^\s*([^\[\]\s]+)\s*(?:\[\s*([^\]:]*)\s*:\s*([^\]]*)\s*\])?\s*$")
@@ -62,3 +64,30 @@ def splits_overlap(first: str, second: str) -> bool:
     return False
   return any(pa[0] == pb[0] and _ranges_may_intersect(pa, pb)
              for pa in _parts(first) for pb in _parts(second))
+
+
+def tuning_splits(data_config: Any) -> dict[str, str]:
+  """The `config.data` split fields of the tuning protocol (train800 -> val200).
+
+  The final protocol trains on train800val200 and tests on test; hyper-parameters are
+  chosen on runs that train on train800 and report val200 as a held-out `val`:
+    * synthetic: train_split train800, val_split val200 (test stays the test split);
+    * tfds, a VTAB-1k task: the task table's train800 / val200 (test = val200 too);
+    * folder: the NOAH export names train800 / val200 (test = val200).
+  ConfigError for anything else (no held-out split is known).
+  """
+  from heat_jax.data.vtab_tasks import ALIASES, TASKS
+  source = data_config.source
+  if source == "synthetic":
+    return {"data.train_split": "train800", "data.val_split": "val200"}
+  if source == "folder":
+    return {"data.train_split": "train800", "data.val_split": "val200",
+            "data.test_split": "val200"}
+  task = TASKS.get(ALIASES.get(data_config.task, data_config.task))
+  if source == "tfds" and task is not None:
+    s = task.splits(tune=True)
+    return {"data.train_split": s["train"], "data.val_split": s["val"],
+            "data.test_split": s["test"]}
+  raise ConfigError(f"no tuning splits (train800 -> val200) are known for "
+                    f"config.data.source={source!r}, task {data_config.task!r}; tune on a "
+                    "VTAB-1k task, a folder export or synthetic data")
