@@ -387,7 +387,7 @@ def test_tuned_protocol_on_the_smoke_config(tmp_path):
   row = next(l for l in md.splitlines() if l.startswith("| heat |"))
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert len(cells) == 3 + 2 and all(" ± " in c for c in cells[3:])    # count, texture
-  stat = summary["heat"]["metrics"]["test_top1"]["per_task"]["texture"]
+  stat = summary["heat"]["metrics"]["test_top1"]["per_task"]["synthetic/texture"]
   vals = [json.loads((workdir / "texture" / "heat" / f"seed{s}" / "results.json")
                      .read_text())["test_top1"] * 100 for s in (0, 1)]
   assert stat.mean == pytest.approx(np.mean(vals)) and stat.std == pytest.approx(

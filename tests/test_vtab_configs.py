@@ -212,8 +212,10 @@ def test_hst_released_recipe_matches_the_release_scripts(task, monkeypatch):
 def test_recipes_project_is_the_default_and_released_needs_a_table():
   assert get_config("dtd").recipe == "project"
   assert get_config("dtd,method=hst").optim.lr == 1e-3 == get_config("dtd").optim.lr
-  with pytest.raises(ConfigError, match="recipe=released: method lora"):
-    get_config("dtd,method=lora,recipe=released")
+  with pytest.raises(ConfigError, match="recipe=released: method vpt"):
+    get_config("dtd,method=vpt,recipe=released")
+  with pytest.raises(ConfigError, match="recipe=released: method heat"):
+    get_config("dtd,method=heat,recipe=released")
   with pytest.raises(ConfigError, match="recipe='paper' is not one of"):
     get_config("dtd,recipe=paper")
 
@@ -226,3 +228,17 @@ def test_kadaptation_released_settings():
       "code_zero", True, "after_scale", "bn_linear")
   from heat_jax.experiment import validate
   validate(c)                                     # a valid config of the method
+
+
+@pytest.mark.parametrize("method,field", [("lora", "rank"), ("adapter", "dim")])
+def test_noah_released_settings(method, field):
+  # ZhangYuanhan-AI/NOAH @ e9c55f3, configs/{LoRA,Adapter}/VTAB/slurm_train_*_vtab.sh:
+  # --lr 0.001, WEIGHT_DECAY=0.0001, --batch-size=64 --epochs=100; dim 8 in the yaml;
+  # warm-up 10 epochs from 1e-6, min lr 1e-5, drop path 0.1 (train script defaults).
+  for task in ("dtd", "smallnorb_ele"):
+    c = get_config(f"{task},method={method},recipe=released")
+    assert (c.optim.lr, c.optim.weight_decay, c.train.batch_size, c.train.epochs) == (
+        1e-3, 1e-4, 64, 100)
+    assert (c.optim.warmup_epochs, c.optim.warmup_init_lr, c.optim.min_lr) == (10, 1e-6, 1e-5)
+    assert c[method][field] == 8 and c.model.drop_path_rate == 0.1
+    assert (c.model.pretrained, c.data.value_range) == ("ViT-B_16", "imagenet")

@@ -15,14 +15,13 @@ from heat_jax.errors import ConfigError
 
 RECIPES = ("project", "released")
 # Methods whose authors published a recipe that is transcribed here.
-RELEASED = {"hst": "configs.recipes.hst", "kadaptation": "configs.recipes.kadaptation"}
+RELEASED = {"hst": "configs.recipes.hst", "kadaptation": "configs.recipes.kadaptation",
+            "lora": "configs.recipes.noah", "adapter": "configs.recipes.noah"}
 # Published elsewhere only for other benchmarks / not per task: why there is no table.
 NOT_RELEASED = {
     "heat": "HEAT / Heart-LoRA released no code or per-task settings",
-    "lora": "no per-task VTAB-1k LoRA settings were transcribed (NOAH's are in its "
-            "configs, not checked here)",
-    "adapter": "no per-task VTAB-1k adapter settings were transcribed",
-    "vpt": "VPT's per-task CSVs (KMnP/vpt#19) were not transcribed",
+    "vpt": "VPT's per-task CSVs (KMnP/vpt#19) were not transcribed and NOAH's VPT script "
+           "takes the prompt length per run",
 }
 
 
