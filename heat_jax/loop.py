@@ -39,7 +39,7 @@ class Loop:
     p, t = self.p, self.p.config.train
     epoch, rest = divmod(self.step, p.steps_per_epoch)
     due = {name: e for name, e in p.config.evals.items()
-           if getattr(p.task, e.split, None) is not None}   # e.g. no val split
+           if eval_split(p.task, e.split) is not None}   # e.g. no held-out val split
     on_time = {n: e for n, e in due.items()
                if not rest and evaluation.due(e, epoch, t.eval_every_epochs)}
     if not final:
@@ -47,7 +47,7 @@ class Loop:
     record: dict[str, Any] = {"epoch": epoch if on_time else self.step / p.steps_per_epoch,
                               "step": self.step}
     for name, e in due.items():
-      measured = p.trainer.evaluate(self.state, getattr(p.task, e.split), t.eval_batch_size)
+      measured = p.trainer.evaluate(self.state, eval_split(p.task, e.split), t.eval_batch_size)
       record.update({f"{name}_{m}": measured[m] for m in evaluation.metric_list(e)})
     if len(record) == 2:
       return
@@ -115,6 +115,12 @@ def train(p: Any, log: Log) -> tuple[Any, list[dict], Clock]:
     loop.save()
   loop.writer.close()
   return loop.state, loop.history, loop.clock
+
+
+def eval_split(task: Any, name: str) -> Any:
+  """The split an eval measures; `val` only where it is held out from training (never a
+  "val" number on images the run trained on)."""
+  return task.held_out_val() if name == "val" else getattr(task, name, None)
 
 
 def check_finite(flags: list[tuple[int, Any]]) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import ml_collections
 
+from heat_jax import provenance
 from heat_jax.data.base import Task
 
 RESULTS_FILE = "results.json"
@@ -36,21 +37,15 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
   """The results.json dict."""
   from heat_jax.tasks import get_task_kind   # noqa: PLC0415
   m = get_task_kind(config.get("task_kind", "classification")).metric_names[0]
-  final = history[-1]   # the final evaluation holds every config.evals entry
-  tested = [r for r in history if f"test_{m}" in r]   # evals may run at other epochs
-  best = max(tested, key=lambda r: r[f"test_{m}"])
-  val_selected = None
-  both = [r for r in tested if f"val_{m}" in r]
-  if task.val is not None and both:
-    val_selected = max(both, key=lambda r: r[f"val_{m}"])[f"test_{m}"]
+  final = history[-1]   # the protocol's number: no epoch is selected, on test or val
   others = {k: v for k, v in final.items() if k not in ("epoch", "step")
             and k not in (f"test_{m}", f"val_{m}")}   # e.g. test_pixel_acc
   return {
       "task": task.name, "method": config.method.name, "seed": int(config.seed),
       "model": config.model.name, "checkpoint": base, "primary_metric": m,
-      f"test_{m}": final[f"test_{m}"], f"best_test_{m}": best[f"test_{m}"],
-      "best_epoch": best["epoch"], f"val_{m}": final.get(f"val_{m}"),
-      f"val_selected_test_{m}": val_selected, **(others if m != "top1" else {}),
+      f"test_{m}": final[f"test_{m}"], "selection": "final epoch",
+      f"val_{m}": final.get(f"val_{m}"), "val_held_out": task.held_out_val() is not None,
+      **(others if m != "top1" else {}),
       **({"palette": task.info["palette"]} if "palette" in task.info else {}),
       "num_classes": int(task.num_classes), "num_test_examples": task.test.num_examples,
       "trainable_params": trainable[0], "trainable_params_no_head": trainable[1],
@@ -60,6 +55,7 @@ def summarize(config, task, history: list[dict], method_info: dict, *, base: dic
       "value_range": task.info.get("value_range"),
       "resize_method": task.info.get("resize_method"),
       "preprocess": preprocess_info(config, task), "class_names": task.class_names(),
+      "normalization": provenance.normalization(task.info.get("value_range")),
       "method_info": method_info, "history": history,
       "config": config.to_dict(),
   }
@@ -70,5 +66,5 @@ def summary_line(results: dict[str, Any]) -> str:
   m = results.get("primary_metric", "top1")
   name = {"top1": "top-1", "miou": "mIoU"}.get(m, m)
   return (f"{results['task']} / {results['method']}: test {name} "
-          f"{results[f'test_{m}']:.4f} (best epoch {results[f'best_test_{m}']:.4f}), "
+          f"{results[f'test_{m}']:.4f} (final epoch), "
           f"trainable parameters {results['trainable_params']:,}")

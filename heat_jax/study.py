@@ -297,7 +297,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         with heartbeat(f"{task} {variant} seed {seed}"):
           r = experiment.run(c, run_dir, quiet=True)
         rows.append({"task": task, "variant": variant, "seed": seed,
-                     "test_top1": r["test_top1"], "best_test_top1": r["best_test_top1"],
+                     "test_top1": r["test_top1"],
                      "heads_selected": r["method_info"].get("heads_selected"),
                      "trainable_params": r["trainable_params"],
                      "trainable_params_no_head": r["trainable_params_no_head"],

@@ -35,6 +35,22 @@ configs/smoke.py (a random ViT-micro on synthetic tasks, seconds per job):
 VTAB-1k task ids); task ids are checked against VTAB-1k only for configs/vtab.py.
 The run directory does not encode --config_args: use one DIR per setting.
 
+Tuned protocol (`--grid`, repeatable: the grid is the product of the flags, the first
+flag varying slowest):
+
+  python -m heat_jax.sweep --config=configs/smoke.py --tasks=texture,count \
+      --methods=heat,lora --seeds=0,1 --grid=optim.lr=1e-3,1e-2 --workdir=DIR
+
+  1. tune: every grid point of every (task, method) trains on the tuning splits
+     (train800 -> val200, `heat_jax.data.splits.tuning_splits`) with the first seed,
+     in DIR/tune/<task>/<method>/point<i>/seed<s>;
+  2. select: per (task, method) the point with the best val top-1 (final epoch; ties:
+     the earlier point) -> DIR/recipes.json {task: {method: {field: value}}};
+  3. final: every seed trains on train800val200 with the chosen values and is tested
+     on test, in DIR/<task>/<method>/seed<s>; results.md gives mean ± std over seeds.
+Test numbers never choose anything. A (task, method) whose tuning runs did not all
+finish gets no final runs (reported as failed).
+
 The tables come from `heat_jax.sweep_table.collect`.
 """
 
@@ -59,13 +75,16 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from absl import app, flags
 
 from heat_jax import absl_cli, preemption
+from heat_jax.data.splits import tuning_splits
 from heat_jax.data.vtab_tasks import GROUPS, TASK_NAMES, TASKS, tasks_in_group
 from heat_jax.errors import ConfigError, UserError
-from heat_jax.io_utils import write_json
+from heat_jax.io_utils import read_json, write_json
 from heat_jax.methods import available_methods
 from heat_jax.sweep_table import FAILED_FILE, LOG_FILE, RESULTS_FILE, collect
 
 DEFAULT_CONFIG = "configs/vtab.py"
+TUNE_DIR = "tune"
+RECIPES_FILE = "recipes.json"
 Runner = Callable[[Any, str], Any]
 # Exit codes of a job that was interrupted (SIGINT: run.py's KeyboardInterrupt exit; SIGTERM:
 # its preemption exit, heat_jax.preemption) rather than failed: it resumes when rerun.
@@ -176,32 +195,155 @@ class Job:
   arg: str
   config: Any
   out: Path
+  overrides: tuple[tuple[str, Any], ...] = ()   # config fields set after get_config
+  stage: str = ""                               # "tune/point<i>" for tuning runs
 
   @property
   def name(self) -> str:
-    return f"{self.task}/{self.method}/seed{self.seed}"
+    where = f"{self.stage}/" if self.stage else ""
+    return f"{where}{self.task}/{self.method}/seed{self.seed}"
+
+
+def _check_config_args(config_args: str) -> None:
+  for key in ("task", "method", "seed"):
+    if any(a.split("=")[0].strip() == key for a in config_args.split(",")):
+      raise ConfigError(f"--config_args must not set {key}; use --tasks / --methods / --seeds")
+
+
+def make_job(get_config: Callable[[str], Any], task: str, method: str, seed: int,
+             out: Path, *, config_args: str = "", config: str | Path = DEFAULT_CONFIG,
+             overrides: Mapping[str, Any] | None = None, stage: str = "") -> Job:
+  """One job: the config of `task`, `method`, `seed` with `overrides` applied."""
+  arg = ",".join(p for p in (f"task={task}", f"method={method}", config_args) if p)
+  cfg = get_config(arg)
+  if "seed" not in cfg:
+    raise ConfigError(f"{config} builds a config without a seed field; the sweep sets "
+                      "config.seed (build it on configs.common.base_config)")
+  cfg.seed = seed
+  overrides = dict(overrides or {})
+  if overrides:
+    cfg.update_from_flattened_dict(overrides)
+  return Job(task, method, seed, arg, cfg, out, tuple(overrides.items()), stage)
 
 
 def plan(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
          workdir: str | Path, *, config_args: str = "",
-         config: str | Path = DEFAULT_CONFIG) -> list[Job]:
-  """Every job of the grid; builds all configs first, so a bad argument fails at once."""
-  for key in ("task", "method", "seed"):
-    if any(a.split("=")[0].strip() == key for a in config_args.split(",")):
-      raise ConfigError(f"--config_args must not set {key}; use --tasks / --methods / --seeds")
+         config: str | Path = DEFAULT_CONFIG,
+         overrides: Optional[Mapping[tuple[str, str], Mapping[str, Any]]] = None
+         ) -> list[Job]:
+  """Every job of the grid; builds all configs first, so a bad argument fails at once.
+
+  `overrides[(task, method)]` are config fields set on that pair's jobs (chosen values).
+  """
+  _check_config_args(config_args)
+  get_config = load_get_config(config)
+  return [make_job(get_config, task, method, seed, run_dir(workdir, task, method, seed),
+                   config_args=config_args, config=config,
+                   overrides=(overrides or {}).get((task, method)))
+          for task in tasks for method in methods for seed in seeds]
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def _value(text: str, default: Any) -> Any:
+  """A grid value in the type of the config field it replaces."""
+  text = text.strip()
+  try:
+    if isinstance(default, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      return text.lower() in ("true", "1")
+    if isinstance(default, int):
+      return int(text)
+    if isinstance(default, float):
+      return float(text)
+  except ValueError:
+    raise ConfigError(f"--grid value {text!r} is not a {type(default).__name__}") from None
+  return text
+
+
+def parse_grid(specs: Sequence[str], template: Any) -> list[dict[str, Any]]:
+  """`['optim.lr=1e-3,1e-2', 'optim.weight_decay=0,1e-4']` -> the product of the values,
+  the first flag varying slowest; fields are checked against `template` (a config)."""
+  flat = _flat(template.to_dict())
+  axes: list[tuple[str, list[Any]]] = []
+  for spec in specs:
+    field, sep, values = spec.partition("=")
+    field = field.strip()
+    if not sep or not values.strip():
+      raise ConfigError(f"--grid={spec!r}: use field=v1,v2 (e.g. --grid=optim.lr=1e-3,1e-2)")
+    if field not in flat:
+      raise ConfigError(f"--grid={spec!r}: the config has no field {field!r}")
+    if field in ("seed",) or field.startswith(("data.",)):
+      raise ConfigError(f"--grid={spec!r}: {field} is set by the protocol, not tuned")
+    if any(f == field for f, _ in axes):
+      raise ConfigError(f"--grid: {field} is given twice")
+    vals = [_value(v, flat[field]) for v in values.split(",") if v.strip()]
+    if len(set(map(repr, vals))) != len(vals):
+      raise ConfigError(f"--grid={spec!r} repeats a value")
+    axes.append((field, vals))
+  points: list[dict[str, Any]] = [{}]
+  for field, vals in axes:
+    points = [{**p, field: v} for p in points for v in vals]
+  return points
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def tune_dir(workdir: str | Path, task: str, method: str, point: int, seed: int) -> Path:
+  return Path(workdir) / TUNE_DIR / task / method / f"point{point}" / f"seed{seed}"
+
+
+def plan_tuning(tasks: Sequence[str], methods: Sequence[str], seed: int,
+                workdir: str | Path, points: Sequence[Mapping[str, Any]], *,
+                config_args: str = "", config: str | Path = DEFAULT_CONFIG) -> list[Job]:
+  """One tuning job per (task, method, grid point): the point on the tuning splits."""
+  _check_config_args(config_args)
   get_config = load_get_config(config)
   jobs = []
   for task in tasks:
     for method in methods:
-      for seed in seeds:
-        arg = ",".join(p for p in (f"task={task}", f"method={method}", config_args) if p)
-        cfg = get_config(arg)
-        if "seed" not in cfg:
-          raise ConfigError(f"{config} builds a config without a seed field; the sweep sets "
-                            "config.seed (build it on configs.common.base_config)")
-        cfg.seed = seed
-        jobs.append(Job(task, method, seed, arg, cfg, run_dir(workdir, task, method, seed)))
+      arg = ",".join(p for p in (f"task={task}", f"method={method}", config_args) if p)
+      splits = tuning_splits(get_config(arg).data)
+      for i, point in enumerate(points):
+        jobs.append(make_job(get_config, task, method, seed,
+                             tune_dir(workdir, task, method, i, seed),
+                             config_args=config_args, config=config,
+                             overrides={**point, **splits}, stage=f"tune/point{i}"))
   return jobs
+
+
+def select(tasks: Sequence[str], methods: Sequence[str], seed: int, workdir: str | Path,
+           points: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict[str, dict]], list[str]]:
+  """(recipes {task: {method: point}}, pairs that cannot be chosen): the best val top-1
+  of the tuning runs, ties to the earlier grid point; test numbers are never read."""
+  recipes: dict[str, dict[str, dict]] = {}
+  missing = []
+  for task in tasks:
+    for method in methods:
+      scores = []
+      for i in range(len(points)):
+        path = tune_dir(workdir, task, method, i, seed) / RESULTS_FILE
+        r = read_json(path) if path.exists() else {}
+        if r.get("val_top1") is None or not r.get("val_held_out", False):
+          scores = None
+          break
+        scores.append(float(r["val_top1"]))
+      if scores is None:
+        missing.append(f"{task}/{method}")
+        continue
+      best = max(range(len(points)), key=lambda i: (scores[i], -i))
+      recipes.setdefault(task, {})[method] = dict(points[best])
+  return recipes, missing
 
 
 # ----------------------------------------------------------------------------- devices
@@ -312,6 +454,7 @@ def job_command(job: Job, config: str | Path) -> list[str]:
   cmd = [sys.executable, str(repo_root() / "run.py"),
          f"--config={resolve_config(config)}:{job.arg}", f"--config.seed={job.seed}",
          f"--workdir={job.out.resolve()}"]
+  cmd += [f"--config.{field}={value}" for field, value in job.overrides]
   if "train" in job.config and "progress" in job.config.train:
     cmd.append("--config.train.progress=False")   # a progress bar only clutters log.txt
   return cmd
@@ -453,13 +596,45 @@ def _run_in_process(jobs: Sequence[Job], runner: Runner, fail_fast: bool) -> lis
 def run_sweep(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
               workdir: str | Path, *, config_args: str = "",
               config: str | Path = DEFAULT_CONFIG, parallel: int = 1, fail_fast: bool = False,
-              runner: Optional[Runner] = None) -> list[str]:
+              runner: Optional[Runner] = None, grid: Sequence[str] = ()) -> list[str]:
   """Runs every unfinished (task, method, seed); returns the jobs that did not finish.
 
   Each job runs as its own run.py process, `parallel` at a time (see `device_slots`).
   `runner(config, workdir)` instead runs the jobs one by one in this process (tests).
+  `grid` (the --grid flags): tune, select and run the final protocol (module doc).
   """
-  jobs = plan(tasks, methods, seeds, workdir, config_args=config_args, config=config)
+  kw = dict(parallel=parallel, fail_fast=fail_fast, runner=runner, config=config)
+  if not grid:
+    return execute(plan(tasks, methods, seeds, workdir, config_args=config_args,
+                        config=config), **kw)
+  _check_config_args(config_args)
+  template = load_get_config(config)(",".join(
+      p for p in (f"task={tasks[0]}", f"method={methods[0]}", config_args) if p))
+  points = parse_grid(grid, template)
+  tuning = plan_tuning(tasks, methods, seeds[0], workdir, points, config_args=config_args,
+                       config=config)
+  final_all = plan(tasks, methods, seeds, workdir, config_args=config_args, config=config)
+  del final_all   # built only to fail fast on a bad final config before any tuning
+  _progress(f"tuning {len(points)} grid point(s) x {len(tasks)} task(s) x {len(methods)} "
+            f"method(s) on train800 -> val200 (seed {seeds[0]})")
+  failed = execute(tuning, **kw)
+  if failed and fail_fast:
+    return failed
+  recipes, missing = select(tasks, methods, seeds[0], workdir, points)
+  write_json(Path(workdir) / RECIPES_FILE, recipes)
+  _progress(f"chosen on val200: {recipes} -> {Path(workdir) / RECIPES_FILE}")
+  chosen = {(t, m): v for t, per in recipes.items() for m, v in per.items()}
+  final = [j for j in plan(tasks, methods, seeds, workdir, config_args=config_args,
+                           config=config, overrides=chosen)
+           if (j.task, j.method) in chosen]
+  failed += [f"{pair} (not tuned: a tuning run did not finish)" for pair in missing]
+  return failed + execute(final, **kw)
+
+
+def execute(jobs: Sequence[Job], *, parallel: int = 1, fail_fast: bool = False,
+            runner: Optional[Runner] = None, config: str | Path = DEFAULT_CONFIG
+            ) -> list[str]:
+  """Runs the unfinished `jobs`; returns those that did not finish."""
   todo = []
   for job in jobs:
     if (job.out / RESULTS_FILE).exists():
@@ -503,6 +678,11 @@ flags.DEFINE_integer("parallel", 1, "Jobs at once, each in its own process: on G
                      "job gets its share of the visible GPUs (8 on 8 GPUs = one each); on "
                      "CPU they share the cores; a TPU VM needs 1 (all chips per job).",
                      lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_multi_string("grid", [], "Tune first: field=v1,v2 (repeatable; the grid is "
+                          "the product), e.g. --grid=optim.lr=1e-3,1e-2. Every point trains "
+                          "on train800 -> val200, the best val top-1 per (task, method) goes "
+                          "to <workdir>/recipes.json, then every seed runs the final "
+                          "protocol with it.", flag_values=FLAGS)
 flags.DEFINE_boolean("collect_only", False, "Only rebuild results.md and results.csv from "
                      "the finished runs.", flag_values=FLAGS)
 flags.DEFINE_boolean("fail_fast", False, "Stop at the first failed job (running jobs are "
@@ -532,7 +712,8 @@ def main(argv: Sequence[str] = ()) -> int:
       failed = run_sweep(parse_tasks(FLAGS.tasks, vtab=is_vtab_config(FLAGS.config)),
                          parse_methods(FLAGS.methods), parse_seeds(FLAGS.seeds), workdir,
                          config_args=FLAGS.config_args, config=FLAGS.config,
-                         parallel=FLAGS.parallel, fail_fast=FLAGS.fail_fast)
+                         parallel=FLAGS.parallel, fail_fast=FLAGS.fail_fast,
+                         grid=FLAGS.grid)
     collect(workdir)
     print(f"wrote {Path(workdir) / 'results.md'} and results.csv", file=sys.stderr)
   except UserError as e:

@@ -1,10 +1,13 @@
 """The results table of a sweep, from the run directories under one workdir.
 
 Each finished run holds results.json with at least: task, method, seed, test_top1 (final
-epoch), best_test_top1, val_top1 (or null), trainable_params, trainable_params_no_head,
-wall_time_s. Accuracies are fractions in [0, 1]; the tables show percentages. A run that
+epoch), val_top1 (held-out val only, else null), trainable_params,
+trainable_params_no_head, wall_time_s. Accuracies are fractions in [0, 1]; the tables
+show percentages. No number chosen on test is shown (no best-epoch column). A run that
 failed holds failed.json (task, method, seed, error) until it succeeds. `collect(workdir)`
-writes workdir/results.md (one table per metric, then the failed runs) and results.csv.
+writes workdir/results.md (one table per metric, the values chosen by tuning when
+recipes.json exists, then the failed runs) and results.csv. Tuning runs (workdir/tune/)
+are not in the tables. VTAB-1k averages appear only when VTAB-1k tasks were run.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from heat_jax.io_utils import write_text
 
 RESULTS_FILE = "results.json"
 FAILED_FILE = "failed.json"
+TUNE_DIR = "tune"
+RECIPES_FILE = "recipes.json"
 LOG_FILE = "log.txt"
 REQUIRED_KEYS = ("task", "method", "seed", "test_top1")
 METRICS = {
     "test_top1": "Final test top-1 (VTAB protocol: last epoch)",
-    "best_test_top1": "Best test top-1 over epochs (test-set selection, as most PETL papers)",
-    "val_selected_test_top1": "Test top-1 at the best validation epoch (runs with a val split)",
-    "val_top1": "Validation top-1 (final epoch)",
+    "val_top1": "Held-out validation top-1 (final epoch; runs whose val is not trained on)",
 }
 
 
@@ -39,6 +42,8 @@ def load_results(workdir: str | Path) -> list[dict[str, Any]]:
   """Every results.json under `workdir`, validated; DataError names a bad file."""
   records, seen = [], {}
   for path in sorted(Path(workdir).rglob(RESULTS_FILE)):
+    if path.relative_to(workdir).parts[0] == TUNE_DIR:
+      continue      # tuning runs (train800 -> val200) choose values; they are not results
     try:
       record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -163,35 +168,57 @@ def _millions(value: Optional[float]) -> str:
 def render_markdown(summary: dict[str, dict[str, Any]]) -> str:
   """One table per metric: methods x (params, 19 tasks, group means, mean-19, group mean)."""
   extra = sorted({t for s in summary.values() for t in s["extra_tasks"]})
-  lines = ["# VTAB-1k results", "",
-           "Top-1 accuracy in %, mean ± sample std over seeds. mean-19 = mean of the 19 task "
-           "accuracies; group mean = mean of the Natural / Specialized / Structured group means "
-           "(different conventions: never compare across them). Missing tasks are '-' and "
-           "left out of the means, which say how many tasks they cover.", ""]
+  vtab = any(s["tasks"] for s in summary.values())
+  if vtab:
+    lines = ["# VTAB-1k results", "",
+             "Top-1 accuracy in %, mean ± sample std over seeds. mean-19 = mean of the 19 "
+             "task accuracies; group mean = mean of the Natural / Specialized / Structured "
+             "group means (different conventions: never compare across them). Missing tasks "
+             "are '-' and left out of the means, which say how many tasks they cover.", ""]
+  else:
+    lines = ["# Results", "", "Top-1 accuracy in %, mean ± sample std over seeds.", ""]
+  task_cols = (list(TASK_NAMES) if vtab else []) + extra
   for metric, title in METRICS.items():
     methods = [m for m, s in summary.items() if metric in s["metrics"]]
     if not methods:
       continue
-    header = (["method", "params (M)", "params no head (M)"] + list(TASK_NAMES) + extra +
-              [f"{GROUP_SHORT[g]} mean" for g in GROUPS] + ["mean-19", "group mean"])
+    header = (["method", "params (M)", "params no head (M)"] + task_cols +
+              ([f"{GROUP_SHORT[g]} mean" for g in GROUPS] + ["mean-19", "group mean"]
+               if vtab else []))
     lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
               "|" + "|".join("---" for _ in header) + "|"]
     notes = []
     for m in methods:
       s, ms = summary[m], summary[m]["metrics"][metric]
       cells = [m, _millions(s["trainable_params"]), _millions(s["trainable_params_no_head"])]
-      cells += [_fmt(ms["per_task"].get(t)) for t in list(TASK_NAMES) + extra]
-      covered = {g: sum(t in ms["tasks"] for t in tasks_in_group(g)) for g in GROUPS}
-      cells += [_fmt(ms["groups"][g], covered[g], len(tasks_in_group(g))) for g in GROUPS]
-      cells += [_fmt(ms["mean19"], len(ms["tasks"]), len(TASK_NAMES)),
-                _fmt(ms["group_mean"], len(ms["tasks"]), len(TASK_NAMES))]
+      cells += [_fmt(ms["per_task"].get(t)) for t in task_cols]
+      if vtab:
+        covered = {g: sum(t in ms["tasks"] for t in tasks_in_group(g)) for g in GROUPS}
+        cells += [_fmt(ms["groups"][g], covered[g], len(tasks_in_group(g))) for g in GROUPS]
+        cells += [_fmt(ms["mean19"], len(ms["tasks"]), len(TASK_NAMES)),
+                  _fmt(ms["group_mean"], len(ms["tasks"]), len(TASK_NAMES))]
       lines.append("| " + " | ".join(cells) + " |")
-      if len(ms["tasks"]) != len(TASK_NAMES):
+      if vtab and len(ms["tasks"]) != len(TASK_NAMES):
         notes.append(f"- {m}: {ms['mean19_label']}; {ms['group_mean_label']}.")
     lines += [""] + notes + ([""] if notes else [])
-  if extra:
+  if extra and vtab:
     lines += [f"Tasks outside VTAB-1k ({', '.join(extra)}) are shown but not averaged.", ""]
   return "\n".join(lines)
+
+
+def render_recipes(recipes: dict[str, dict[str, dict[str, Any]]]) -> str:
+  """The values the tuning stage chose (best held-out val top-1 on train800 -> val200)."""
+  if not recipes:
+    return ""
+  lines = ["## Chosen hyper-parameters", "",
+           "Per task and method, the grid point with the best val200 top-1 after training "
+           "on train800 (ties: the earlier point); the final runs above used it.", "",
+           "| task | method | values |", "|---|---|---|"]
+  for task, per in recipes.items():
+    for method, values in per.items():
+      text = ", ".join(f"{k}={v}" for k, v in values.items())
+      lines.append(f"| {task} | {method} | {text} |")
+  return "\n".join(lines + [""])
 
 
 def render_csv(summary: dict[str, dict[str, Any]]) -> str:
@@ -212,11 +239,12 @@ def render_csv(summary: dict[str, dict[str, Any]]) -> str:
     for t in s["tasks"] + s["extra_tasks"]:
       group = TASKS[t].group if t in TASKS else ""
       rows.append((t, group, "1", lambda ms, t=t: ms["per_task"].get(t), s["params_by_task"][t]))
-    for g in GROUPS:
+    for g in GROUPS if s["tasks"] else ():    # VTAB-1k aggregates only for VTAB tasks
       rows.append((f"{g}_mean", g, str(sum(t in s["tasks"] for t in tasks_in_group(g))),
                    lambda ms, g=g: ms["groups"][g], None))
-    rows.append(("mean19", "", str(len(s["tasks"])), lambda ms: ms["mean19"], None))
-    rows.append(("group_mean", "", str(len(s["tasks"])), lambda ms: ms["group_mean"], None))
+    if s["tasks"]:
+      rows.append(("mean19", "", str(len(s["tasks"])), lambda ms: ms["mean19"], None))
+      rows.append(("group_mean", "", str(len(s["tasks"])), lambda ms: ms["group_mean"], None))
     for task, group, n, pick, params in rows:
       row = [m, task, group, n]
       for metric in METRICS:
@@ -275,6 +303,13 @@ def collect(workdir: str | Path) -> dict[str, dict[str, Any]]:
   summary = summarize(records)
   write_text(Path(workdir) / "results.csv", render_csv(summary))
   markdown = render_markdown(summary)
+  recipes_path = Path(workdir) / RECIPES_FILE
+  if recipes_path.exists():
+    try:
+      recipes = json.loads(recipes_path.read_text())
+    except (OSError, ValueError) as e:
+      raise DataError(f"cannot read {recipes_path}: {e}; fix or delete the file") from None
+    markdown = markdown.rstrip("\n") + "\n\n" + render_recipes(recipes)
   if failures:
     markdown = markdown.rstrip("\n") + "\n\n" + render_failures(failures, workdir)
   write_text(Path(workdir) / "results.md", markdown)

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from heat_jax import checkpoints
+from heat_jax import checkpoints, provenance
 from heat_jax.errors import CheckpointError
 from heat_jax.io_utils import sha256_file
 from heat_jax.training import partition
@@ -24,7 +24,8 @@ def load_weights(config: ml_collections.ConfigDict, model: Any) -> tuple[dict, d
   if config.model.pretrained:
     path = checkpoints.resolve_checkpoint(config.model.pretrained)
     base.update(file=os.path.basename(path), sha256=sha256_file(path),
-                **checkpoints.provenance(config.model.pretrained))
+                **checkpoints.provenance(config.model.pretrained),
+                source=provenance.checkpoint_source(config.model.pretrained, path))
     params = checkpoints.load_pretrained(path, model, rng=init_rng, keep_head=False,
                                          interpolation=config.model.posemb_interpolation)
     bad = first_non_finite(params)

@@ -4,6 +4,7 @@ resume, the adapter, option checks and the config / sweep / study integration.""
 import functools
 import json
 import logging
+import os
 from collections import Counter
 
 import jax
@@ -205,6 +206,122 @@ def test_batch_statistics_train_mode_updates_eval_mode_reads(micro):
                                rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got[f"batch_stats/hst_side/{name}/var"],
                                0.9 + 0.1 * x.var(0), rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- released code
+
+HST_FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                           "hst_release.npz")
+
+
+def _linear(w, b=None):
+  out = {"kernel": w.T}
+  if b is not None:
+    out["bias"] = b
+  return out
+
+
+def _conv(w, b=None):
+  out = {"kernel": w.transpose(2, 3, 1, 0)}   # torch (out, in, kh, kw) -> (kh, kw, in, out)
+  if b is not None:
+    out["bias"] = b
+  return out
+
+
+def _ln(s, name):
+  return {"scale": s[f"{name}.weight"], "bias": s[f"{name}.bias"]}
+
+
+def _released_variables(s, depth=4, heads=2):
+  """The released ViT_HSN state dict (torch names) as heat_jax variables."""
+  d = s["cls_token"].shape[-1]
+  hd = d // heads
+  enc = {"encoder_norm": _ln(s, "norm"),
+         "posembed_input": {"pos_embedding": s["pos_embed"]}}
+  for l in range(depth):
+    p = f"blocks.{l}."
+    qkv_w, qkv_b = s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"]
+    attn = {t: {"kernel": qkv_w[i * d:(i + 1) * d].T.reshape(d, heads, hd),
+                "bias": qkv_b[i * d:(i + 1) * d].reshape(heads, hd)}
+            for i, t in enumerate(("query", "key", "value"))}
+    attn["out"] = {"kernel": s[p + "attn.proj.weight"].T.reshape(heads, hd, d),
+                   "bias": s[p + "attn.proj.bias"]}
+    enc[f"encoderblock_{l}"] = {
+        "LayerNorm_0": _ln(s, p + "norm1"), "LayerNorm_1": _ln(s, p + "norm2"),
+        "MultiHeadDotProductAttention_0": attn,
+        "MlpBlock_0": {"Dense_0": _linear(s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"]),
+                       "Dense_1": _linear(s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])}}
+  side = {"stem": {"conv_0": _conv(s["m_patch_embed1.conv.0.weight"]),
+                   "bn": _ln(s, "m_patch_embed1.conv.1"),
+                   "conv_1": _conv(s["m_patch_embed1.conv.3.weight"],
+                                   s["m_patch_embed1.conv.3.bias"]),
+                   "norm": _ln(s, "m_patch_embed1.norm")}}
+  for st in range(4):
+    if st:
+      side[f"embed_{st}"] = {"conv": _conv(s[f"m_patch_embed{st + 1}.proj.weight"],
+                                           s[f"m_patch_embed{st + 1}.proj.bias"]),
+                             "norm": _ln(s, f"m_patch_embed{st + 1}.norm")}
+    side[f"bridge_{st}"] = _linear(s[f"T_Bridge_{st + 1}.weight"], s[f"T_Bridge_{st + 1}.bias"])
+    side[f"norm_{st}"] = _ln(s, f"m_norm{st + 1}")
+  for l in range(depth):            # one side block per ViT block: block l -> stage l
+    p = f"m_block{l + 1}.0."
+    side[f"meta_norm_{l}"] = _ln(s, f"m_proj_norm{l + 1}")
+    side[f"block_{l}"] = {
+        "norm_0": _ln(s, p + "norm1"), "norm_1": _ln(s, p + "norm2"),
+        **{t: _linear(s[p + f"attn.{n}.weight"], s[p + f"attn.{n}.bias"])
+           for t, n in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "proj"))},
+        "fc_0": _linear(s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"]),
+        "fc_1": _linear(s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])}
+  params = {"cls": s["cls_token"], "Transformer": enc,
+            "embedding": _conv(s["patch_embed.proj.weight"], s["patch_embed.proj.bias"]),
+            "hst_meta": np.concatenate([s[f"m_embeddings.{l}"] for l in range(depth)]),
+            "hst_side": side, "head": _linear(s["head.weight"], s["head.bias"])}
+  stats = {"hst_side": {
+      "stem": {"bn": {"mean": s["m_patch_embed1.conv.1.running_mean"],
+                      "var": s["m_patch_embed1.conv.1.running_var"]}},
+      "fc_norm": {"mean": s["fc_norm.running_mean"], "var": s["fc_norm.running_var"]}}}
+  return params, {"batch_stats": stats}
+
+
+@pytest.fixture(scope="module")
+def released():
+  f = dict(np.load(HST_FIXTURE, allow_pickle=False))
+  assert str(f["source"]).startswith("AFeng-x/HST@ee89571")
+  state = {k[len("state/"):]: v for k, v in f.items() if k.startswith("state/")}
+  spec = HstSpec(widths=(8, 12, 16, 24), heads=(2, 2, 4, 4), stages=(0, 1, 2, 3))
+  model = create_model("ViT-micro", 5, extensions=(spec,), image_size=64, patch_size=16,
+                       num_layers=4, mlp_dim=128, approximate_gelu=False)
+  params, model_state = _released_variables(state)
+  template = jax.eval_shape(lambda r: model.init(r, f["images"]), jax.random.key(0))
+  shapes = lambda t: {k: tuple(v.shape) for k, v in partition.flatten(t).items()}  # noqa
+  assert shapes(params) == shapes(template["params"])          # every weight mapped
+  assert shapes(model_state) == shapes({"batch_stats": template["batch_stats"]})
+  return model, params, model_state, f
+
+
+def test_matches_the_released_vit_hsn_in_eval_mode(released):
+  model, params, model_state, f = released
+  logits, _ = apply_model(model, params, model_state, f["images"], train=False)
+  np.testing.assert_allclose(logits, f["eval_logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_matches_the_released_vit_hsn_in_train_mode(released):
+  """Batch statistics in both BatchNorms; drop path 0, so the pass is deterministic."""
+  model, params, model_state, f = released
+  logits, new = apply_model(model, params, model_state, f["images"], train=True,
+                            rng=jax.random.key(0))
+  np.testing.assert_allclose(logits, f["train_logits"], rtol=1e-4, atol=1e-4)
+  assert not np.allclose(f["train_logits"], f["eval_logits"], atol=1e-2)
+  got = partition.flatten(new)
+  for ours, theirs, n in (("hst_side/stem/bn", "m_patch_embed1.conv.1", 4 * 32 * 32),
+                          ("hst_side/fc_norm", "fc_norm", 4)):
+    np.testing.assert_allclose(got[f"batch_stats/{ours}/mean"],
+                               f[f"after/{theirs}.running_mean"], rtol=1e-4, atol=1e-5)
+    # torch's running var moves with the unbiased batch variance, flax's with the biased
+    # one (README "HST"): torch new = 0.9 old + 0.1 n/(n-1) biased.
+    old = f[f"state/{theirs}.running_var"]
+    want = 0.9 * old + (f[f"after/{theirs}.running_var"] - 0.9 * old) * (n - 1) / n
+    np.testing.assert_allclose(got[f"batch_stats/{ours}/var"], want, rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- engine

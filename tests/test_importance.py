@@ -144,7 +144,8 @@ def _reference_scores(model, params, batches, paths):
         qkv = 0.0
         for n in ("query", "key", "value"):
           qkv += np.abs(p[n]["kernel"][:, h, :] * g[n]["kernel"][:, h, :]).sum()
-          qkv += np.abs(p[n]["bias"][h] * g[n]["bias"][h]).sum()
+          if n != "key":   # dL/db_k is 0 up to rounding (softmax shift invariance)
+            qkv += np.abs(p[n]["bias"][h] * g[n]["bias"][h]).sum()
         if "relative_position_bias_table" in p:  # Swin: the head's column
           t, gt = p["relative_position_bias_table"], g["relative_position_bias_table"]
           qkv += np.abs(t[:, h] * gt[:, h]).sum()
@@ -236,6 +237,36 @@ def test_gate_matches_central_finite_differences_float64():
         fd[l, h] = (float(loss(1 + e)) - float(loss(1 - e))) / (2 * eps)
   rel = np.abs(got - np.abs(fd)) / np.abs(fd)
   assert rel.max() <= 1e-3, (got, fd)
+
+
+def test_key_bias_gradient_is_zero_and_left_out_of_qkv():
+  model, params, batches, _ = _setup("vit")
+  grads = _reference_grad(model, params, batches[0])
+  for path in VIT_PATHS:
+    g = _get(grads, path)
+    assert np.abs(g["key"]["bias"]).max() < 1e-6 * np.abs(g["query"]["bias"]).max() + 1e-9
+    assert np.abs(g["query"]["bias"]).max() > 1e-4          # the others do get a gradient
+
+
+@pytest.mark.parametrize("kind", ["vit", "swin"])
+def test_per_example_aggregation_is_the_mean_of_one_example_batches(kind):
+  """`example`: mean over real rows of each example's |theta * grad|, independent of how
+  the rows are batched; the default `batch` is not (it depends on the batch size)."""
+  model, params, batches, _ = _setup(kind)
+  singles = [{k: v[i:i + 1] for k, v in b.items()}
+             for b in batches for i in np.flatnonzero(b["mask"])]
+  valid = head_layout(model).valid
+  for strategy in ("qkv", "gate"):
+    got = importance.compute_tis(model, params, batches, strategy=strategy,
+                                 aggregate="example", progress=False)
+    want = importance.compute_tis(model, params, singles, strategy=strategy, progress=False)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-10)
+    batched = importance.compute_tis(model, params, batches, strategy=strategy,
+                                     progress=False)
+    assert np.all(batched[valid] <= got[valid] * (1 + 1e-6))   # |mean| <= mean |.|
+    assert not np.allclose(batched, got)
+  with pytest.raises(ConfigError, match="aggregate"):
+    importance.make_tis_step(model, "qkv", aggregate="sample")
 
 
 def test_padding_rows_and_empty_batches_do_not_count():

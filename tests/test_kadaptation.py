@@ -99,18 +99,24 @@ def test_delta_lands_in_the_per_head_layout_with_the_bias():
   d, n = 12, 4
   spec = KAdaptationSpec(n=n, rank=1, scale=3.0, targets=("query",))
   h, params = _harness_params(spec, d)
+  # As released, the q delta lands after 1/sqrt(head_dim): seen before it, x sqrt(6).
   x = np.random.default_rng(2).standard_normal((2, 3, d)).astype(np.float32)
   got = h.apply({"params": params}, x)
   r, f = params["kadaptation_rules"], params["kadaptation_query"]
   want = 3.0 * x @ _kron_reference(r["query_left"], r["query_right"], f["u"], f["v"])
   want = want + params["kadaptation_bias"].reshape(-1)   # b [heads, head_dim], row-major
-  np.testing.assert_allclose(got.reshape(2, 3, d), want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got.reshape(2, 3, d), np.sqrt(6) * want, rtol=1e-4, atol=1e-4)
+  before = _Harness(KAdaptationSpec(n=n, rank=1, scale=3.0, targets=("query",),
+                                    q_placement="before_scale"))
+  np.testing.assert_allclose(before.apply({"params": params}, x).reshape(2, 3, d), want,
+                             rtol=1e-4, atol=1e-4)
 
 
 def test_weight_dropout_masks_elements_of_the_assembled_update():
   """Train mode: x @ (M * H) / (1 - p) with one 0/1 matrix M shared by every token."""
   d, p = 16, 0.5
-  spec = KAdaptationSpec(n=4, dropout=p, bias=False, scale=1.0, targets=("query",))
+  spec = KAdaptationSpec(n=4, dropout=p, bias=False, scale=1.0, targets=("query",),
+                         q_placement="before_scale")
   h, params = _harness_params(spec, d)
   r, f = params["kadaptation_rules"], params["kadaptation_query"]
   full = _kron_reference(r["query_left"], r["query_right"], f["u"], f["v"])
@@ -139,6 +145,95 @@ def test_default_forward_never_builds_the_d_by_d_matrix():
   assert (d, d) not in shapes(KAdaptationSpec(n=4), train=True)
   assert (d, d) not in shapes(KAdaptationSpec(n=4, dropout=0.5), train=False)
   assert (d, d) in shapes(KAdaptationSpec(n=4, dropout=0.5), train=True)
+
+
+# ----------------------------------------------------------------------------- released code
+
+PEVIT_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "kadaptation_pevit.npz")
+
+
+class _Attention(nn.Module):
+  """heat_jax's attention with the KAdaptation hooks, as one ViT block holds it."""
+
+  spec: KAdaptationSpec
+  param_dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    from heat_jax.models.extensions import Hooks
+    from heat_jax.models.layers import MultiHeadAttention
+    d = x.shape[-1]
+    hooks = Hooks.build(self, (self.spec,), "vit")
+    site = Site(layer=0, num_heads=1, head_dim=d, width=d, family="vit", num_layers=1)
+    return MultiHeadAttention(1, fused=False, name="attn")(x, hooks=hooks, site=site)
+
+
+def _released_params(f):
+  """The fixture's torch weights in heat_jax's layout (1 head: [D, 1, D] kernels)."""
+  d = f["x"].shape[-1]
+  w, b = f["in_proj_weight"], f["in_proj_bias"]
+  attn = {name: {"kernel": w[i * d:(i + 1) * d].T.reshape(d, 1, d),
+                 "bias": b[i * d:(i + 1) * d].reshape(1, d)}
+          for i, name in enumerate(("query", "key", "value"))}
+  attn["out"] = {"kernel": f["out_proj_weight"].T.reshape(1, d, d),
+                 "bias": f["out_proj_bias"]}
+  attn["kadaptation_query"] = {"u": f["u"], "v": f["v"]}
+  attn["kadaptation_bias"] = f["b"].reshape(1, d)
+  rules = {"query_left": f["rule1_left"], "query_right": f["rule1_right"],
+           "value_left": f["rule2_left"], "value_right": f["rule2_right"]}
+  return {"kadaptation_rules": rules, "attn": attn}
+
+
+def _released_spec(**kw):
+  return KAdaptationSpec(n=32, rank=1, rule_rank=1, scale=160.0, share_qv_fast_weights=True,
+                         **kw)
+
+
+def test_matches_the_released_pevit_attention():
+  """Released MultiheadAttention (tools/make_kadaptation_fixture.py, 1 head, batch 1,
+  every weight non-zero): the default placement reproduces it, before_scale does not."""
+  f = dict(np.load(PEVIT_FIXTURE, allow_pickle=False))
+  assert str(f["source"]).startswith("eric-ai-lab/PEViT@be6fb43")
+  params = _released_params(f)
+  x = f["x"][None]
+  got = _Attention(_released_spec()).apply({"params": params}, x)[0]
+  np.testing.assert_allclose(got, f["output"], rtol=1e-4, atol=1e-5)
+  old = _Attention(_released_spec(q_placement="before_scale")).apply({"params": params}, x)[0]
+  assert np.abs(old - f["output"]).max() > 1e-2
+
+
+def test_merged_released_weights_match_the_released_attention():
+  """Merge with numpy, then a plain softmax attention written here in numpy."""
+  f = dict(np.load(PEVIT_FIXTURE, allow_pickle=False))
+  params = _released_spec().merge(_released_params(f))
+  a = params["attn"]
+  assert set(a) == {"query", "key", "value", "out"} and "kadaptation_rules" not in params
+  x = f["x"].astype(np.float64)
+  q, k, v = (x @ a[t]["kernel"][:, 0] + a[t]["bias"][0] for t in ("query", "key", "value"))
+  logits = q @ k.T / np.sqrt(x.shape[-1])
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  out = (p @ v) @ a["out"]["kernel"][0] + a["out"]["bias"]
+  np.testing.assert_allclose(out, f["output"], rtol=1e-4, atol=1e-5)
+
+
+def test_bn_linear_head_normalises_the_feature_and_is_not_mergeable():
+  spec = KAdaptationSpec(n=8, head_kind="bn_linear")
+  assert not spec.mergeable and KAdaptationSpec(n=8).mergeable
+  model = create_model("ViT-micro", 5, extensions=(spec,))
+  stats = model.init(jax.random.key(0), IMAGES)["batch_stats"]
+  assert set(stats) == {"kadaptation_head_norm"}
+  params = _perturbed(model, seed=2, scale=0.3)
+  variables = {"params": params, "batch_stats": stats}
+  logits, updates = model.apply(variables, IMAGES, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.key(1)})
+  # Train mode: batch-normalised features, so the logits' batch mean is the head bias.
+  np.testing.assert_allclose(np.asarray(logits).mean(0), params["head"]["bias"], atol=1e-4)
+  assert np.abs(updates["batch_stats"]["kadaptation_head_norm"]["mean"]).max() > 0
+  # Eval mode reads the running statistics: fresh ones (0, 1) leave the feature as is,
+  # so the logits are the plain model's with the same head (up to sqrt(1 + eps)).
+  plain = create_model("ViT-micro", 5, extensions=(KAdaptationSpec(n=8),))
+  np.testing.assert_allclose(np.asarray(model.apply(variables, IMAGES)), _logits(plain, params), rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- init and gradients
@@ -220,10 +315,12 @@ def test_code_zero_init_trains_only_the_bias(tiny_config):
 # ----------------------------------------------------------------------------- merge
 
 
-@pytest.mark.parametrize("share,bias", [(False, True), (True, True), (False, False)])
-def test_merge_equals_unmerged_vit(tmp_path, share, bias):
+@pytest.mark.parametrize("share,bias,placement", [(False, True, "after_scale"),
+                                                  (True, True, "after_scale"),
+                                                  (False, False, "before_scale")])
+def test_merge_equals_unmerged_vit(tmp_path, share, bias, placement):
   spec = KAdaptationSpec(n=8, rank=2, rule_rank=2, scale=7.0, bias=bias,
-                         share_qv_fast_weights=share)
+                         share_qv_fast_weights=share, q_placement=placement)
   model = create_model("ViT-micro", 5, extensions=(spec,))
   params = _perturbed(model, seed=3, scale=0.2)
   want = _logits(model, params)

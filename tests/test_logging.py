@@ -26,7 +26,7 @@ def test_run_logs_to_stderr_and_prints_only_the_result(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout.splitlines()
   assert len(out) == 1 and re.fullmatch(
-      r"synthetic/texture / linear: test top-1 [\d.]+ \(best epoch [\d.]+\), trainable "
+      r"synthetic/texture / linear: test top-1 [\d.]+ \(final epoch\), trainable "
       r"parameters [\d,]+", out[0]), proc.stdout
   # The engine's lines, in absl's format, and the progress bar, all on stderr.
   assert re.search(ABSL_INFO.pattern + r"linear on synthetic/texture: trainable parameters",

@@ -26,12 +26,11 @@ FULL_FT = [68.9, 87.7, 64.3, 97.2, 86.9, 87.4, 38.8, 79.7, 95.7, 84.2, 73.9,
            56.3, 58.6, 41.7, 65.5, 57.5, 46.7, 25.7, 29.1]
 
 
-def write(root, task, method, seed, top1, best=None, val=None, params=1000, no_head=100):
+def write(root, task, method, seed, top1, val=None, params=1000, no_head=100):
   d = root / task / method / f"seed{seed}"
   d.mkdir(parents=True, exist_ok=True)
   (d / "results.json").write_text(json.dumps({
-      "task": task, "method": method, "seed": seed, "test_top1": top1,
-      "best_test_top1": top1 if best is None else best, "val_top1": val,
+      "task": task, "method": method, "seed": seed, "test_top1": top1, "val_top1": val,
       "trainable_params": params, "trainable_params_no_head": no_head, "wall_time_s": 1.0}))
 
 
@@ -41,8 +40,8 @@ def read_csv(path):
 
 
 def test_partial_results_table(tmp_path):
-  write(tmp_path, "dtd", "heat", 0, 0.70, best=0.75)
-  write(tmp_path, "dtd", "heat", 1, 0.72, best=0.74)
+  write(tmp_path, "dtd", "heat", 0, 0.70)
+  write(tmp_path, "dtd", "heat", 1, 0.72)
   write(tmp_path, "svhn", "heat", 0, 0.90)
   write(tmp_path, "svhn", "heat", 1, 0.92)
   write(tmp_path, "eurosat", "heat", 0, 0.95)
@@ -62,9 +61,7 @@ def test_partial_results_table(tmp_path):
   # std of the per-seed aggregates (seed 0: 70, 90, 95, 60; seed 1: 72, 92, 97, 64)
   assert heat["mean19"].std == pytest.approx(np.std([np.mean([70, 90, 95, 60]),
                                                      np.mean([72, 92, 97, 64])], ddof=1))
-  assert summary["heat"]["metrics"]["best_test_top1"]["per_task"]["dtd"].mean == (
-      pytest.approx(74.5))
-  assert "val_top1" not in summary["heat"]["metrics"]
+  assert set(summary["heat"]["metrics"]) == {"test_top1"}     # no val, no best epoch
 
   md = (tmp_path / "results.md").read_text()
   assert "mean of 4/19 tasks" in md and "group mean (N 2/7, S 1/4, T 1/8)" in md
@@ -325,3 +322,98 @@ def test_parallel_subprocess_sweep_reports_failures_and_resumes(tmp_path, capsys
   assert not (broken / "failed.json").exists()
   md = (work / "results.md").read_text()
   assert "synthetic/count" in md and "Failed runs" not in md
+
+
+# ----------------------------------------------------------------------------- tuned protocol
+
+
+def test_parse_grid():
+  from configs.smoke import get_config
+  c = get_config("")
+  pts = sweep.parse_grid(["optim.lr=1e-3,1e-2", "optim.weight_decay=0,1e-4"], c)
+  assert pts == [{"optim.lr": 1e-3, "optim.weight_decay": 0.0},
+                 {"optim.lr": 1e-3, "optim.weight_decay": 1e-4},
+                 {"optim.lr": 1e-2, "optim.weight_decay": 0.0},
+                 {"optim.lr": 1e-2, "optim.weight_decay": 1e-4}]
+  assert sweep.parse_grid(["train.epochs=1,2"], c) == [{"train.epochs": 1}, {"train.epochs": 2}]
+  for bad, match in (("optim.lrr=1", "no field"), ("optim.lr", "field=v1,v2"),
+                     ("optim.lr=a", "not a float"), ("data.train_split=x", "protocol"),
+                     ("optim.lr=1,1.0", "repeats")):
+    with pytest.raises(ConfigError, match=match):
+      sweep.parse_grid([bad], c)
+
+
+def test_tuned_protocol_on_the_smoke_config(tmp_path):
+  """2 tasks, heat + lora, 2 seeds, a 2-point lr grid: tune on train800 -> val200, pick by
+  val top-1, write recipes.json, run every seed with the choice, mean ± std table."""
+  workdir = tmp_path / "sweep"
+  seen = []
+
+  def runner(config, out):
+    seen.append((out, config.data.train_split, config.data.val_split, config.optim.lr))
+    config.train.epochs = 1                         # seconds per run: 2 steps
+    config.data.num_train, config.data.num_val, config.data.num_test = 96, 32, 32
+    return experiment.run(config, out, quiet=True)
+
+  from heat_jax import experiment
+  failed = sweep.run_sweep(["texture", "count"], ["heat", "lora"], [0, 1], workdir,
+                           config=str(ROOT / "configs" / "smoke.py"),
+                           grid=["optim.lr=1e-3,1e-2"], runner=runner)
+  assert failed == []
+  tune = [s for s in seen if "/tune/" in s[0]]
+  final = [s for s in seen if "/tune/" not in s[0]]
+  assert len(tune) == 2 * 2 * 2 and len(final) == 2 * 2 * 2
+  assert all(s[1:3] == ("train800", "val200") for s in tune)     # the tuning splits
+  assert all(s[1] in ("", "train800val200") and s[2] == "" for s in final)   # smoke's default
+  assert all("seed0" in s[0] for s in tune)                        # tuned with the first seed
+  recipes = json.loads((workdir / "recipes.json").read_text())
+  assert set(recipes) == {"texture", "count"}
+  for task, per in recipes.items():
+    assert set(per) == {"heat", "lora"}
+    for method, chosen in per.items():
+      vals = [json.loads((workdir / "tune" / task / method / f"point{i}" / "seed0" /
+                          "results.json").read_text()) for i in range(2)]
+      assert all(v["val_held_out"] for v in vals)
+      scores = [v["val_top1"] for v in vals]
+      want = [1e-3, 1e-2][0 if scores[0] >= scores[1] else 1]     # ties: the earlier point
+      assert chosen == {"optim.lr": want}
+      for seed in (0, 1):
+        r = json.loads((workdir / task / method / f"seed{seed}" / "results.json").read_text())
+        assert r["config"]["optim"]["lr"] == want and r["val_top1"] is None
+  summary = sweep_table.collect(workdir)
+  assert set(summary) == {"heat", "lora"}                          # tuning runs left out
+  md = (workdir / "results.md").read_text()
+  assert "mean-19" not in md and "group mean" not in md and "cifar100" not in md
+  row = next(l for l in md.splitlines() if l.startswith("| heat |"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert len(cells) == 3 + 2 and all(" ± " in c for c in cells[3:])    # count, texture
+  stat = summary["heat"]["metrics"]["test_top1"]["per_task"]["synthetic/texture"]
+  vals = [json.loads((workdir / "texture" / "heat" / f"seed{s}" / "results.json")
+                     .read_text())["test_top1"] * 100 for s in (0, 1)]
+  assert stat.mean == pytest.approx(np.mean(vals)) and stat.std == pytest.approx(
+      np.std(vals, ddof=1))
+  assert "## Chosen hyper-parameters" in md and "optim.lr=" in md
+
+
+def test_select_ties_go_to_the_earlier_point_and_missing_runs_are_reported(tmp_path):
+  points = [{"optim.lr": 1e-3}, {"optim.lr": 1e-2}, {"optim.lr": 1e-1}]
+  for i, val in enumerate((0.5, 0.7, 0.7)):
+    d = sweep.tune_dir(tmp_path, "dtd", "heat", i, 0)
+    d.mkdir(parents=True)
+    # test_top1 would pick point 0: it is never read
+    (d / "results.json").write_text(json.dumps({"val_top1": val, "val_held_out": True,
+                                                "test_top1": 1.0 - i / 10}))
+  recipes, missing = sweep.select(["dtd", "svhn"], ["heat"], 0, tmp_path, points)
+  assert recipes == {"dtd": {"heat": {"optim.lr": 1e-2}}} and missing == ["svhn/heat"]
+  d = sweep.tune_dir(tmp_path, "dtd", "heat", 1, 0)
+  (d / "results.json").write_text(json.dumps({"val_top1": 0.9, "val_held_out": False}))
+  assert sweep.select(["dtd"], ["heat"], 0, tmp_path, points)[1] == ["dtd/heat"]
+
+
+def test_vtab_tuning_overrides_are_run_py_flags(tmp_path):
+  jobs = sweep.plan_tuning(["dtd"], ["lora"], 0, tmp_path, [{"optim.lr": 0.01}])
+  cmd = sweep.job_command(jobs[0], sweep.DEFAULT_CONFIG)
+  assert "--config.optim.lr=0.01" in cmd
+  assert "--config.data.train_split=train[:800]" in cmd
+  assert "--config.data.val_split=validation[:200]" in cmd
+  assert jobs[0].out == tmp_path / "tune" / "dtd" / "lora" / "point0" / "seed0"

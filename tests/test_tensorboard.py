@@ -113,4 +113,5 @@ def test_cli_run_writes_events_equal_to_jsonl(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   got = _assert_same_scalars(workdir)
-  assert {"train/loss", "eval/test_top1", "eval/val_top1"} <= set(got)
+  assert {"train/loss", "eval/test_top1"} <= set(got)
+  assert "eval/val_top1" not in got     # smoke trains on train800val200: val is not held out

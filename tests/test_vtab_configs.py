@@ -168,3 +168,81 @@ def test_rank_shortcut_sets_each_methods_own_field():
   assert c.adapter.dim == 16 and c.lora.rank == plain.lora.rank
   with pytest.raises(ConfigError, match="has no rank"):
     get_config("dtd,method=linear,rank=3")
+
+
+# ----------------------------------------------------------------------------- released recipes
+
+# Transcribed by hand from AFeng-x/HST @ ee89571c646e6d60cdddea9ff7b4ab521558a49d,
+# train_scripts/vit/vtab/<dir>/train_s4.sh, flags `--lr --weight-decay --drop-path`
+# (the trailing comments disagree for eurosat and kitti; the flags are what ran).
+HST_SCRIPTS = {
+    "cifar100": ("cifar_100", 1e-2, 5e-4, 0.0), "caltech101": ("caltech101", 1e-3, 5e-4, 0.1),
+    "dtd": ("dtd", 1e-2, 5e-4, 0.0), "oxford_flowers102": ("flowers102", 1e-3, 5e-5, 0.0),
+    "oxford_iiit_pet": ("pets", 1e-2, 5e-4, 0.0), "svhn": ("svhn", 1e-2, 5e-5, 0.1),
+    "sun397": ("sun397", 1e-2, 5e-5, 0.0), "patch_camelyon": ("patch_camelyon", 5e-3, 5e-4, 0.1),
+    "eurosat": ("eurosat", 1e-3, 5e-4, 0.1), "resisc45": ("resisc45", 5e-3, 5e-4, 0.0),
+    "diabetic_retinopathy": ("diabetic_retinopathy", 1e-3, 5e-5, 0.1),
+    "clevr_count": ("clevr_count", 1e-3, 5e-4, 0.1), "clevr_dist": ("clevr_dist", 5e-3, 5e-4, 0.1),
+    "dmlab": ("dmlab", 5e-3, 5e-4, 0.1), "kitti": ("kitti", 5e-3, 5e-2, 0.1),
+    "dsprites_loc": ("dsprites_loc", 5e-3, 5e-4, 0.1),
+    "dsprites_ori": ("dsprites_ori", 1e-3, 5e-4, 0.1),
+    "smallnorb_azi": ("smallnorb_azi", 1e-3, 5e-4, 0.1),
+    "smallnorb_ele": ("smallnorb_ele", 1e-3, 5e-2, 0.2),
+}
+# models/vision_transformer.py of the same commit: vit_base_patch16_224_in21k's url.
+HST_BACKBONE_URL = ("https://storage.googleapis.com/vit_models/augreg/"
+                    "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz")
+
+
+@pytest.mark.parametrize("task", list(HST_SCRIPTS))
+def test_hst_released_recipe_matches_the_release_scripts(task, monkeypatch):
+  from heat_jax.checkpoints import get_checkpoint
+  _, lr, wd, dp = HST_SCRIPTS[task]
+  c = get_config(f"{task},method=hst,recipe=released")
+  assert (c.optim.lr, c.optim.weight_decay, c.model.drop_path_rate) == (lr, wd, dp)
+  assert c.hst.drop_path == "auto"               # one rate for backbone and side network
+  assert (c.train.batch_size, c.train.epochs) == (64, 100)     # 2 GPUs x 32
+  assert (c.optim.warmup_epochs, c.optim.warmup_init_lr, c.optim.min_lr) == (10, 1e-7, 1e-8)
+  assert c.optim.wd_mask == "ndim>1"
+  assert (c.data.value_range, c.data.resize_method) == ("minus1_1", "bicubic")
+  assert c.recipe == "released" and c.method.name == "hst"
+  monkeypatch.delenv("HEAT_JAX_VIT_MODELS_URL", raising=False)
+  info = get_checkpoint(c.model.pretrained)
+  assert info.url == HST_BACKBONE_URL and info.model == c.model.name == "ViT-B_16"
+  # the splits stay the final protocol's
+  assert c.data.train_split == get_config(task).data.train_split
+
+
+def test_recipes_project_is_the_default_and_released_needs_a_table():
+  assert get_config("dtd").recipe == "project"
+  assert get_config("dtd,method=hst").optim.lr == 1e-3 == get_config("dtd").optim.lr
+  with pytest.raises(ConfigError, match="recipe=released: method vpt"):
+    get_config("dtd,method=vpt,recipe=released")
+  with pytest.raises(ConfigError, match="recipe=released: method heat"):
+    get_config("dtd,method=heat,recipe=released")
+  with pytest.raises(ConfigError, match="recipe='paper' is not one of"):
+    get_config("dtd,recipe=paper")
+
+
+def test_kadaptation_released_settings():
+  c = get_config("dtd,method=kadaptation,recipe=released")
+  k = c.kadaptation
+  assert (k.n, k.rank, k.rule_rank, k.scale, k.dropout) == (32, 1, 1, 160.0, 0.5)
+  assert (k.init, k.share_qv_fast_weights, k.q_placement, k.head) == (
+      "code_zero", True, "after_scale", "bn_linear")
+  from heat_jax.experiment import validate
+  validate(c)                                     # a valid config of the method
+
+
+@pytest.mark.parametrize("method,field", [("lora", "rank"), ("adapter", "dim")])
+def test_noah_released_settings(method, field):
+  # ZhangYuanhan-AI/NOAH @ e9c55f3, configs/{LoRA,Adapter}/VTAB/slurm_train_*_vtab.sh:
+  # --lr 0.001, WEIGHT_DECAY=0.0001, --batch-size=64 --epochs=100; dim 8 in the yaml;
+  # warm-up 10 epochs from 1e-6, min lr 1e-5, drop path 0.1 (train script defaults).
+  for task in ("dtd", "smallnorb_ele"):
+    c = get_config(f"{task},method={method},recipe=released")
+    assert (c.optim.lr, c.optim.weight_decay, c.train.batch_size, c.train.epochs) == (
+        1e-3, 1e-4, 64, 100)
+    assert (c.optim.warmup_epochs, c.optim.warmup_init_lr, c.optim.min_lr) == (10, 1e-6, 1e-5)
+    assert c[method][field] == 8 and c.model.drop_path_rate == 0.1
+    assert (c.model.pretrained, c.data.value_range) == ("ViT-B_16", "imagenet")

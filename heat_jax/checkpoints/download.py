@@ -6,6 +6,7 @@ Hugging Face Hub go through `hf_hub_download` into the shared HF cache (resumabl
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import socket
@@ -17,15 +18,18 @@ from absl import logging
 from tqdm import tqdm
 
 from heat_jax.checkpoints.registry import CheckpointInfo
-from heat_jax.errors import DownloadError
-from heat_jax.io_utils import atomic_open, cache_dir, storage_error
+from heat_jax.errors import CheckpointError, DownloadError
+from heat_jax.io_utils import atomic_open, cache_dir, sha256_file, storage_error
 
 DEFAULT_TIMEOUT_S = 15.0
 
 
 def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
-             progress: bool = True) -> Path:
+             progress: bool = True, sha256: str = "") -> Path:
   """Downloads `url` to `dest` (atomically) unless `dest` already exists.
+
+  `sha256` (when known): the file must have it; a download that differs never reaches
+  `dest`, a cached file that differs is refused (CheckpointError, one line).
 
   Raises:
     DownloadError: with a one-line message naming the URL, the reason and where to put
@@ -33,6 +37,7 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
   """
   dest = Path(dest)
   if dest.exists():
+    check_sha256(dest, sha256, url)
     return dest
   if os.environ.get("HEAT_JAX_OFFLINE"):
     raise DownloadError(f"{dest.name} is not cached and HEAT_JAX_OFFLINE is set; "
@@ -46,10 +51,17 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
           total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
           disable=not progress, leave=False) as bar:
         received = 0
+        digest = hashlib.sha256()
         while chunk := response.read(1 << 20):
           f.write(chunk)
+          digest.update(chunk)
           received += len(chunk)
           bar.update(len(chunk))
+        if sha256 and digest.hexdigest() != sha256.lower():
+          # Raised inside atomic_open: the wrong file never reaches `dest`.
+          raise CheckpointError(f"{url} has sha256 {digest.hexdigest()}, not the registered "
+                                f"{sha256}: refusing it; check the URL or mirror "
+                                f"($HEAT_JAX_VIT_MODELS_URL), or pass a verified local file")
         if total is not None and received != total:
           # Raised inside atomic_open: the partial file never reaches `dest`.
           raise DownloadError(f"download of {url} stopped after {received} of {total} "
@@ -77,9 +89,19 @@ def fetch_registered(info: CheckpointInfo) -> Path:
   """
   dest = cache_dir("checkpoints") / info.path
   if not info.hf_repo or dest.exists() or os.environ.get(info.base_env):
-    return download(info.url, dest)
+    return download(info.url, dest, sha256=info.sha256)
   return hub_download(info.hf_repo, info.hf_filename, revision=info.hf_revision,
                       by_hand=dest)
+
+
+def check_sha256(path: Path, sha256: str, source: str) -> None:
+  """CheckpointError (one line) when `sha256` is known and `path` does not have it."""
+  if not sha256:
+    return
+  got = sha256_file(path)
+  if got != sha256.lower():
+    raise CheckpointError(f"{path} has sha256 {got}, not the registered {sha256} of "
+                          f"{source}: refusing it; delete it and rerun to download it again")
 
 
 def _env_true(name: str) -> bool:

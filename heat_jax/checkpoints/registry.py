@@ -31,6 +31,10 @@ class CheckpointInfo:
   hf_filename: str = ""
   hf_revision: str = "main"
   value_range: str = ""  # the normalisation it was trained with (timm pretrained_cfg)
+  # sha256 of the public file, where a public source states it ("" = unknown: the
+  # vit_models bucket publishes none; Hub files are checked by huggingface_hub against
+  # the repository's LFS sha256). A download or cached file that differs is refused.
+  sha256: str = ""
 
   @property
   def url(self) -> str:

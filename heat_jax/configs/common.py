@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field any job reads, with the PETL-paper defaults."""
   c = ml_collections.ConfigDict()
   c.seed = 42
+  c.recipe = "project"                  # project | released (configs/vtab.py, configs/recipes)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "ViT-B_16"

@@ -19,7 +19,7 @@ Arguments (big_vision style, the first bare token is the task):
             the final train800val200 -> test; `val_split` is val200 as well.
 
 Examples: `dtd`, `dtd,method=lora,rank=8,model=Swin-B`, `dtd,source=folder,root=/data/dtd`,
-`dtd,tune=True`.
+`dtd,tune=True`, `dtd,method=hst,recipe=released`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Optional
 import ml_collections
 
 from heat_jax.configs.common import base_config, parse_arg
+from heat_jax.configs.recipes import RECIPES, recipe_for
 from heat_jax.data.vtab_tasks import TASK_NAMES, get_task
 from heat_jax.errors import ConfigError
 from heat_jax.methods import method_class
@@ -48,11 +49,13 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, task="", method=c.method.name, rank=0, budget=c.heat.budget,
                 scope=c.heat.scope, select=c.heat.select, strategy=c.importance.strategy,
                 seed=c.seed, lr=c.optim.lr, epochs=c.train.epochs, model=c.model.name,
-                source="", root="", data_dir="", tune=False)
+                source="", root="", data_dir="", tune=False, recipe="project")
   if not a.task:
     raise ConfigError("configs/vtab.py needs a task, e.g. --config=configs/vtab.py:dtd; "
                       f"valid tasks: {', '.join(TASK_NAMES)}")
   task = get_task(a.task)
+  if a.recipe not in RECIPES:
+    raise ConfigError(f"configs/vtab.py: recipe={a.recipe!r} is not one of {', '.join(RECIPES)}")
 
   c.model.name = a.model
   c.model.pretrained = PRETRAINED.get(a.model, a.model)
@@ -86,4 +89,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   c.seed = a.seed
   c.optim.lr = a.lr
   c.train.epochs = a.epochs
+  c.recipe = a.recipe
+  if a.recipe == "released":
+    recipe_for(a.method)(c, task.name)
   return c

@@ -11,6 +11,7 @@ import numbers
 from typing import Any, Callable
 
 from heat_jax.data.base import ArraySplit, Batch, Split, Task
+from heat_jax.data.splits import splits_overlap
 from heat_jax.errors import ConfigError
 
 _SOURCES: dict[str, Callable[..., Task]] = {}
@@ -60,6 +61,10 @@ def build_task(data_config: Any, *, image_size: int,
                       "config.model.image_size")
   task = _SOURCES[data_config.source](data_config, image_size=image_size,
                                       value_range=value_range)
+  if "val_in_train" not in task.info:   # sources may know better (synthetic does)
+    task.info["val_in_train"] = task.val is not None and splits_overlap(
+        str(data_config.get("train_split", "") or ""),
+        str(data_config.get("val_split", "") or ""))
   task.info.setdefault("value_range", value_range)
   task.info.setdefault("resize_method", data_config.get("resize_method", "bicubic"))
   return task

@@ -124,6 +124,9 @@ class Task:
 
   `info['class_names']`, when a source knows them (class folders, TFDS ClassLabel
   names, synthetic tasks), names label i; `class_names()` falls back to indices.
+  `info['val_in_train']` is True when the val examples are also training examples
+  (e.g. the final protocol's train800val200 with val200 as val): `held_out_val()` is
+  then None, so no number measured on training images is ever called "val".
   """
 
   name: str
@@ -132,6 +135,10 @@ class Task:
   test: Split
   val: Optional[Split] = None
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def held_out_val(self) -> Optional[Split]:
+    """The val split when it is held out from training, else None."""
+    return None if self.info.get("val_in_train", False) else self.val
 
   def class_names(self) -> list[str]:
     """Label i's name: the source's names when it has one per class, else str(i)."""

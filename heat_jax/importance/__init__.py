@@ -15,13 +15,14 @@ from heat_jax.importance.report import (global_ranks, load_importance, plot_impo
                                         save_importance)
 from heat_jax.importance.selection import SCOPES, SELECTS, heads_to_keep, select_heads
 from heat_jax.importance.sites import AttentionSite, find_attention_sites
-from heat_jax.importance.tis import (NORMALIZE, STRATEGIES, ablation_scores, check_normalize,
+from heat_jax.importance.tis import (AGGREGATES, NORMALIZE, STRATEGIES, ablation_scores,
+                                     check_aggregate, check_normalize,
                                      check_strategy, compute_tis, make_tis_step,
                                      masked_cross_entropy, normalize_scores)
 from heat_jax.models.registry import HeadLayout, head_layout
 
 __all__ = [
-    "AttentionSite", "HeadLayout", "NORMALIZE", "Probe", "SCOPES", "SELECTS", "STRATEGIES",
+    "AGGREGATES", "check_aggregate", "AttentionSite", "HeadLayout", "NORMALIZE", "Probe", "SCOPES", "SELECTS", "STRATEGIES",
     "ablation_scores", "check_normalize", "check_strategy", "compute_tis",
     "find_attention_sites", "fit_probe", "global_ranks", "head_features", "head_layout",
     "heads_to_keep", "load_importance", "make_tis_step", "masked_cross_entropy",

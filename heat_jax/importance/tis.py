@@ -2,8 +2,10 @@
 
 Strategies (README.md, HEAT options), for head h of layer l:
 
-  qkv   sum of |theta * dL/dtheta| over the head's q/k/v kernel and bias slices (and,
-        on Swin, its column of the relative-position bias table)
+  qkv   sum of |theta * dL/dtheta| over the head's q/k/v kernel slices, its q and v
+        bias slices (and, on Swin, its column of the relative-position bias table). The
+        key bias is left out: it adds q . b_k to every logit of a query alike, which the
+        softmax removes, so its gradient is exactly 0 (only rounding noise remains)
   out   sum of |theta * dL/dtheta| over the out kernel slice W_o[h]
   head  qkv + out (default)
   gate  |dL/dxi[l, h]|, xi the head gate (exact first-order effect of removing the head)
@@ -17,6 +19,17 @@ each batch weighted by its number of real (mask = 1) rows, and can divide every 
 its RMS (`normalize='layer'`); given a `mesh` (multi-device or multi-process), each batch
 is sharded over it along 'data' and every process gets the same scores.
 `ablation_scores` is the slow reference (one forward pass per removed head).
+
+Aggregation (`aggregate`):
+  batch    (default) |theta * dL_B/dtheta| with L_B the mean loss of a batch: the
+           absolute value is taken AFTER the gradient is averaged over the batch, so
+           examples whose gradients disagree in sign cancel. The score therefore depends
+           on `importance.batch_size`: as it grows the score tends to |theta * E[g]|,
+           with batch 1 it equals `example`. Scores of different batch sizes are not
+           comparable (the ranking usually changes little).
+  example  the mean over examples of |theta * dL_i/dtheta|: independent of the batch
+           size; one gradient per example (lax.map over the batch, memory of one), so it
+           costs about a backward pass per example instead of per batch.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ LossFn = Callable[[Array, Array, Array], Array]
 Step = Callable[[Params, Batch], Array]
 
 STRATEGIES = ("qkv", "out", "head", "gate")
+AGGREGATES = ("batch", "example")
 NORMALIZE = ("none", "layer")
 # "table": Swin's relative-position bias column of the head (trains with the head).
 _PARAM_GROUPS = {"qkv": PROJECTIONS + ("table",), "out": ("out",),
@@ -138,7 +152,7 @@ def _group_leaves(site: AttentionSite, group: str) -> list[tuple[str, ...]]:
   """Parameter paths of one group ('query' / 'key' / 'value' / 'out' / 'table')."""
   if group == "table":
     return [site.leaf(BIAS_TABLE)] if site.has_table else []
-  if group == "out" or not site.has_bias:
+  if group in ("out", "key") or not site.has_bias:   # dL/db_k = 0 exactly (module doc)
     return [site.leaf(group, "kernel")]
   return [site.leaf(group, "kernel"), site.leaf(group, "bias")]
 
@@ -157,26 +171,36 @@ def _per_head(site: AttentionSite, group: str, theta: dict, grad: dict) -> Array
   if group == "out":  # [heads, head_dim, hidden]
     return jnp.sum(t, axis=(1, 2))
   row = jnp.sum(t, axis=(0, 2))  # [hidden, heads, head_dim]
-  if site.has_bias:
+  if site.has_bias and group != "key":
     bias = site.leaf(group, "bias")
     row = row + jnp.sum(jnp.abs(theta[bias].astype(dtype) * grad[bias].astype(dtype)), axis=1)
   return row
 
 
+def check_aggregate(aggregate: str) -> str:
+  if aggregate not in AGGREGATES:
+    raise ConfigError(f"importance aggregate must be one of {', '.join(AGGREGATES)}; "
+                      f"got {aggregate!r}")
+  return aggregate
+
+
 def make_tis_step(model: Any, strategy: str = "head", *,
-                  loss_fn: Optional[LossFn] = None) -> Step:
+                  loss_fn: Optional[LossFn] = None, aggregate: str = "batch") -> Step:
   """Returns `step(params, batch) -> [layers, max_heads]` scores of one batch (jitted).
 
   Entries of absent heads (ragged Swin rows) are 0. `batch` needs `image` and `label`;
-  `mask` (1 = real row) defaults to ones. Equal (model, strategy, loss_fn) share one
-  jitted function.
+  `mask` (1 = real row) defaults to ones. Equal (model, strategy, loss_fn, aggregate)
+  share one jitted function. `aggregate='example'`: the mean over the batch's real rows
+  of each example's own scores (module doc).
   """
   check_strategy(strategy)
-  return _cached(("tis", model, strategy, loss_fn),
-                 lambda: _build_tis_step(model, strategy, loss_fn))
+  check_aggregate(aggregate)
+  return _cached(("tis", model, strategy, loss_fn, aggregate),
+                 lambda: _build_tis_step(model, strategy, loss_fn, aggregate))
 
 
-def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Step:
+def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn],
+                    aggregate: str = "batch") -> Step:
   layout = head_layout(model)
   valid = layout.valid
   loss_fn = loss_fn or masked_cross_entropy
@@ -209,10 +233,21 @@ def _build_tis_step(model: Any, strategy: str, loss_fn: Optional[LossFn]) -> Ste
       rows.append(jnp.pad(row, (0, layout.max_heads - site.num_heads)))
     return jnp.stack(rows)
 
-  def step(params: Params, batch: Batch, model_state: Optional[Params] = None) -> Array:
-    return scores(params, model_state or {}, *_batch_arrays(batch))
+  @jax.jit
+  def per_example(params, model_state, image, label, mask):
+    """Mean over real rows of each example's scores (one gradient per example)."""
+    def one(args):
+      img, lab, m = args
+      return scores(params, model_state, img[None], lab[None], jnp.ones((1,), m.dtype)) * m
+    each = jax.lax.map(one, (image, label, mask))
+    return jnp.sum(each, axis=0) / jnp.maximum(jnp.sum(mask), 1)
 
-  step.jitted = scores  # type: ignore[attr-defined]
+  fn = scores if aggregate == "batch" else per_example
+
+  def step(params: Params, batch: Batch, model_state: Optional[Params] = None) -> Array:
+    return fn(params, model_state or {}, *_batch_arrays(batch))
+
+  step.jitted = fn  # type: ignore[attr-defined]
   return step
 
 
@@ -233,7 +268,8 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
                 normalize: str = "none", loss_fn: Optional[LossFn] = None,
                 progress: Optional[bool] = None,
                 model_state: Optional[Params] = None,
-                mesh: Optional[jax.sharding.Mesh] = None) -> np.ndarray:
+                mesh: Optional[jax.sharding.Mesh] = None,
+                aggregate: str = "batch") -> np.ndarray:
   """Taylor-expansion importance of every head: float64 [layers, max_heads].
 
   Args:
@@ -253,6 +289,8 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
       calls this with its rows of each global batch
       (`heat_jax.distributed.local_rows(batch_sharding(mesh), batch_size)`) and gets
       the scores of the global batches. None: the default device.
+    aggregate: 'batch' (abs of the batch-mean gradient product; depends on the batch
+      size) | 'example' (mean of per-example absolute scores). See the module doc.
 
   Returns:
     The mean over batches of each batch's (absolute) scores, each batch weighted by
@@ -261,7 +299,7 @@ def compute_tis(model: Any, params: Params, batches: Iterable[Batch], *,
   check_strategy(strategy)
   check_normalize(normalize)
   layout = head_layout(model)
-  step = make_tis_step(model, strategy, loss_fn=loss_fn)
+  step = make_tis_step(model, strategy, loss_fn=loss_fn, aggregate=aggregate)
   if mesh is None:
     params = jax.device_put(params)
     model_state = jax.device_put(model_state or {})

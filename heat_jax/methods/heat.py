@@ -147,6 +147,8 @@ class Heat(Method):
     imp.strategy = "head"               # qkv | out | head | gate
     imp.num_batches = 0                 # 0 = every training batch of one epoch
     imp.normalize = "none"              # none | layer
+    imp.aggregate = "batch"             # batch (|batch-mean grad x theta|, batch-size
+    #                                     dependent) | example (mean of per-example abs)
     imp.batch_size = 32
     imp.classifier = "probe"            # probe | random | model: what TIS scores through
     imp.keep_probe = KEEP_PROBE_DEFAULT # probe | random: training starts from a linear probe
@@ -189,6 +191,7 @@ class Heat(Method):
     imp, h, m = self.config.importance, self.config.heat, self.config.model
     for block, name, valid in (("importance", "strategy", importance.STRATEGIES),
                                ("importance", "normalize", importance.NORMALIZE),
+                               ("importance", "aggregate", importance.AGGREGATES),
                                ("heat", "scope", importance.SCOPES),
                                ("heat", "select", importance.SELECTS)):
       if self.config[block][name] not in valid:
@@ -286,7 +289,7 @@ class Heat(Method):
     scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
                                     num_batches=imp.num_batches or None, loss_fn=loss_fn,
                                     normalize=imp.normalize, model_state=ctx.model_state,
-                                    mesh=feed.mesh)
+                                    mesh=feed.mesh, aggregate=imp.aggregate)
     if not np.any(scores[layout.valid]):
       raise ConfigError(f"all head importance scores are 0 (no gradient reaches the "
                         f"attention heads through the {imp.classifier!r} classifier), so "

@@ -28,12 +28,26 @@ Deviations from the released code (eric-ai-lab/PEViT, documented in the README):
     update reuses q's fast weights (`share_qv_fast_weights=True`); its own v fast
     weights are then never created here (the code creates and counts them unused).
   * The delta lands in the right token / head slots (the code's reshape scrambles them).
+
+As released (defaults here):
+  * `q_placement=after_scale`: the released MultiheadAttention adds the q delta (and
+    the bias) to q AFTER q was scaled by 1 / sqrt(head_dim); the v delta has no scale.
+    Here the hook sees q before the attention scales it, so the q delta and its bias
+    are multiplied by sqrt(head_dim) (exact, and `merge` folds the same factor).
+    `before_scale` adds them to the unscaled q (this project's earlier behaviour: on
+    ViT-B the q update is then 1/8 of the released one).
+  * `head=bn_linear` (option; default `linear`): the released classifier reads the
+    image feature through BatchNorm without affine (eps 1e-5, momentum 0.1, running
+    statistics in `batch_stats`) and then a linear layer. The released head is
+    initialised from CLIP's zero-shot text embeddings; with no text tower here it
+    starts as the project's classifier. Not mergeable (the merged file has a plain head).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import math
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -51,6 +65,8 @@ from heat_jax.training import partition
 Array = jax.Array
 TARGETS = ("query", "key", "value")
 INITS = ("lora", "code_zero")
+Q_PLACEMENTS = ("after_scale", "before_scale")
+HEADS = ("linear", "bn_linear")
 PREFIX = "kadaptation_"
 RULES = "kadaptation_rules"
 BIAS = "kadaptation_bias"
@@ -133,10 +149,21 @@ class KAdaptationSpec(Extension):
   targets: tuple[str, ...] = ("query", "value")
   init: str = "lora"
   share_qv_fast_weights: bool = False
+  q_placement: str = "after_scale"
+  head_kind: str = "linear"
 
   kind = "kadaptation"
   param_names = (RULES, BIAS) + tuple(f"{PREFIX}{t}" for t in TARGETS)
-  mergeable = True
+
+  @property
+  def mergeable(self) -> bool:  # type: ignore[override]
+    return self.head_kind == "linear"
+
+  def delta_factor(self, target: str, head_dim: int) -> float:
+    """What the delta of `target` is multiplied by to land where the release adds it."""
+    if target == "query" and self.q_placement == "after_scale":
+      return math.sqrt(head_dim)   # the attention then scales q (and the delta) by 1/sqrt
+    return 1.0
 
   def fast_source(self, target: str) -> str:
     """Whose fast weights `target` uses (v reuses q's with share_qv_fast_weights)."""
@@ -168,7 +195,22 @@ class KAdaptationSpec(Extension):
     delta = (delta * self.scale).reshape(*delta.shape[:-1], site.num_heads, site.head_dim)
     if self.bias:
       delta = delta + self._layer_bias(host, site).astype(delta.dtype)
+    factor = self.delta_factor(name, site.head_dim)
+    if factor != 1.0:
+      delta = delta * jnp.asarray(factor, delta.dtype)
     return y + delta.astype(y.dtype)
+
+  def head(self, host: nn.Module, features: Array, tokens: Any, num_classes: int, *,
+           shared: Any, train: bool) -> Optional[Array]:
+    """`bn_linear`: BatchNorm1d(affine=False) on the feature, then the classifier."""
+    if self.head_kind != "bn_linear":
+      return None
+    kw = dict(dtype=host.dtype, param_dtype=host.param_dtype)
+    normed = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False,
+                          momentum=0.9, epsilon=1e-5, name="kadaptation_head_norm",
+                          **kw)(features)
+    return nn.Dense(num_classes, kernel_init=nn.initializers.zeros, name="head",
+                    **kw)(normed)
 
   def _fast_weights(self, host: nn.Module, target: str, m: int) -> tuple[Array, Array]:
     source = self.fast_source(target)
@@ -190,17 +232,20 @@ class KAdaptationSpec(Extension):
     flat = {k: np.array(v) for k, v in partition.flatten(params).items()}
     for path in attention_paths(params):
       prefix = "/".join(path)
+      head_dim = flat[f"{prefix}/query/kernel"].shape[-1]
       for target in self.targets:
+        factor = self.delta_factor(target, head_dim)
         fast = f"{prefix}/{PREFIX}{self.fast_source(target)}"
         factors = (f"{RULES}/{target}_left", f"{RULES}/{target}_right", f"{fast}/u",
                    f"{fast}/v")
         h = kron_matrix(*(flat[k].astype(np.float64) for k in factors), xp=np)
         kernel = f"{prefix}/{target}/kernel"
-        flat[kernel] = (flat[kernel] + self.scale * h.reshape(flat[kernel].shape)
+        flat[kernel] = (flat[kernel] + factor * self.scale * h.reshape(flat[kernel].shape)
                         ).astype(flat[kernel].dtype)
         if self.bias:
           bias = f"{prefix}/{target}/bias"
-          flat[bias] = (flat[bias] + flat[f"{prefix}/{BIAS}"]).astype(flat[bias].dtype)
+          flat[bias] = (flat[bias] + factor * flat[f"{prefix}/{BIAS}"]
+                        ).astype(flat[bias].dtype)
     return partition.unflatten({k: v for k, v in flat.items() if not is_kadaptation(k)})
 
 
@@ -236,6 +281,13 @@ def kadaptation_spec(k: ml_collections.ConfigDict, model_name: str) -> KAdaptati
     raise ConfigError(f"{where}.scale must be > 0, got {k.scale}")
   if k.init not in INITS:
     raise ConfigError(f"{where}.init={k.init!r} is not one of {', '.join(INITS)}")
+  if k.q_placement not in Q_PLACEMENTS:
+    raise ConfigError(f"{where}.q_placement={k.q_placement!r} is not one of "
+                      f"{', '.join(Q_PLACEMENTS)}")
+  if k.head not in HEADS:
+    raise ConfigError(f"{where}.head={k.head!r} is not one of {', '.join(HEADS)}")
+  if model_family(model_name) != "vit" and k.head != "linear":
+    raise ConfigError(f"{where}.head={k.head!r} is for ViT models; use linear")
   if k.share_qv_fast_weights and not {"query", "value"} <= set(targets):
     raise ConfigError(f"{where}.share_qv_fast_weights needs both query and value in "
                       f"targets (got {','.join(targets)})")
@@ -246,7 +298,8 @@ def kadaptation_spec(k: ml_collections.ConfigDict, model_name: str) -> KAdaptati
   return KAdaptationSpec(n=int(k.n), rank=int(k.rank), rule_rank=int(k.rule_rank),
                          scale=float(k.scale), dropout=float(k.dropout), bias=bool(k.bias),
                          targets=tuple(targets), init=str(k.init),
-                         share_qv_fast_weights=bool(k.share_qv_fast_weights))
+                         share_qv_fast_weights=bool(k.share_qv_fast_weights),
+                         q_placement=str(k.q_placement), head_kind=str(k.head))
 
 
 def count_parameters(widths_per_block: Sequence[int], *, n: int, rank: int = 1,
@@ -276,6 +329,9 @@ class KAdaptation(Method):
     c.targets = "query,value"           # comma list of query, key, value
     c.init = "lora"                     # lora (u random, v = 0) | code_zero (u = v = 0)
     c.share_qv_fast_weights = False     # code: True (v reuses q's fast weights)
+    c.q_placement = "after_scale"       # as released: q delta added after 1/sqrt(head_dim)
+    #                                     | before_scale (to the unscaled q)
+    c.head = "linear"                   # linear | bn_linear (released: BN no affine, linear)
     return {"kadaptation": c}
 
   def extensions(self) -> tuple[Extension, ...]:
