@@ -16,7 +16,8 @@ Small study on a 2-core CPU, NOT a VTAB result; the README says what each size c
 Arguments: seeds, tasks (digits, mnist), variants (joined with '+'), epochs, budget
 (heads kept, of 72), image_size (multiple of 14), num_train (training images), num_val,
 num_test, ablation_batches (training batches of 25 for the single-head ablation; 0 =
-no Spearman), strategy (TIS strategy).
+no Spearman; also the batches TIS is computed on), strategy (TIS strategy), lr (heat,
+lora, linear), full_lr, keep_probe (heat variants start from the scoring probe).
 """
 
 import ml_collections
@@ -29,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, seeds=3, tasks="digits,mnist",
                    variants="heat,heat_random,heat_bottom,linear,lora,full", epochs=4,
                    budget=12, image_size=28, num_train=200, num_val=100, num_test=500,
-                   ablation_batches=4, strategy="head")
+                   ablation_batches=4, strategy="head", lr=1e-3, full_lr=1e-4,
+                   keep_probe=False)
   c = ml_collections.ConfigDict()
   c.job = "study"
 
@@ -51,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base.train.eval_every_epochs = args.epochs     # evaluate once, at the end
   base.train.log_every_steps = 8
   base.train.progress = False
-  base.optim.lr = 3e-3
+  base.optim.lr = args.lr
   base.optim.warmup_epochs = 1
   base.optim.min_lr = 1e-5
   base.optim.weight_decay = 1e-4
@@ -59,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base.heat.scope = "global"
   base.importance.strategy = args.strategy
   base.importance.batch_size = 25
-  base.importance.num_batches = 0                # one pass over the training images
+  base.importance.num_batches = args.ablation_batches   # the images the ablation sees
+  base.importance.keep_probe = args.keep_probe
   base.lora.rank = 4
   base.lora.alpha = 4.0
   c.base = base
@@ -85,5 +88,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.study.compilation_cache = True
   # Full fine-tuning of a pretrained backbone at the PETL methods' lr wrecks it; it
   # trains at a 10x lower lr (the usual ratio in PETL recipes).
-  c.study.overrides = ml_collections.ConfigDict({"full": {"optim": {"lr": 3e-4}}})
+  c.study.overrides = ml_collections.ConfigDict({"full": {"optim": {"lr": args.full_lr}}})
   return c

@@ -269,7 +269,7 @@ def merged_filename(family: str) -> str:
 def export_merged(path: str, model: Any, params: dict) -> None:
   """Writes the model with its extensions merged, in its family's public layout."""
   from heat_jax import checkpoints
-  family = getattr(model, "family", "vit")
+  family = getattr(model, "checkpoint_format", "") or getattr(model, "family", "vit")
   exporter = checkpoints.exporter(family)
   if os.path.splitext(str(path))[1] != os.path.splitext(exporter.filename)[1]:
     raise ValueError(f"a merged {family} checkpoint is a {exporter.layout} file; name it "

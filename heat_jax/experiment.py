@@ -53,7 +53,7 @@ from heat_jax.errors import CheckpointError, ConfigError, TrainingError
 from heat_jax.io_utils import (as_path, read_json, remove_file, remove_tree, sha256_file,
                                write_json)
 from heat_jax.methods import Method, MethodContext, get_method
-from heat_jax.models import create_model, model_defaults, model_family
+from heat_jax.models import create_model, model_defaults, model_family, model_info
 from heat_jax.resize import METHODS as RESIZE_METHODS
 from heat_jax.training import partition
 from heat_jax.training.checkpointing import TrainCheckpointer
@@ -188,7 +188,7 @@ def validate(config: ml_collections.ConfigDict) -> Method:
       raise ConfigError(f"config.optim.{name} must be in [0, 1), got {o[name]}")
   if o.wd_mask not in WD_MASKS:
     raise ConfigError(f"config.optim.wd_mask={o.wd_mask!r} is not one of {WD_MASKS}")
-  check_data_config(config.data, model_family=model_family(config.model.name))
+  check_data_config(config.data, auto_value_range=model_info(config.model.name).value_range)
   method = get_method(config)
   method.validate()
   if t.export_merged and not method.mergeable:
@@ -284,8 +284,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
             fingerprint: str, log: Log) -> Prepared:
   """Data, model, weights, resume point, trainable mask and trainer."""
   # Data first: a missing dataset fails in seconds, before any download.
-  task = build_task(config.data, model_family=model_family(config.model.name),
-                    image_size=config.model.image_size)
+  task = build_task(config.data, image_size=config.model.image_size,
+                    auto_value_range=model_info(config.model.name).value_range)
   num_classes = config.data.num_classes or task.num_classes
   if config.data.num_classes and config.data.num_classes != task.num_classes:
     raise ConfigError(f"config.data.num_classes={config.data.num_classes} but the data has "

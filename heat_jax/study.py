@@ -34,7 +34,7 @@ from absl import logging
 from heat_jax import artifacts, experiment, logs
 from heat_jax.errors import ConfigError
 from heat_jax.io_utils import as_path, cache_dir, remove_tree, write_json, write_text
-from heat_jax.models import model_family
+from heat_jax.models import model_family, model_info
 
 HEADER = ("small offline study on procedurally generated tasks (heat_jax demo), "
           "NOT a VTAB result")
@@ -175,7 +175,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   """
   from heat_jax import importance
   from heat_jax.data import check_config
-  from heat_jax.models import create_model, head_layout, model_family
+  from heat_jax.models import create_model, head_layout, model_info
   s = config.study
   valid_tasks, shown_tasks, check_sizes = _task_source(config.base.data.source)
   tasks = _names(s.tasks, "tasks", valid_tasks, shown_tasks)
@@ -205,7 +205,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
         raise ConfigError(f"config.heat (demo: budget=...): {e.one_line()}") from None
   for task in tasks:
     c = variant_config(config, task, variants[0], 0)
-    check_config(c.data, model_family=model_family(c.model.name))
+    check_config(c.data, auto_value_range=model_info(c.model.name).value_range)
     sizes = check_sizes(c.data)
     n_train = sizes["train800"] + (sizes["val200"] if c.data.train_split != "train800" else 0)
     if c.train.batch_size > n_train:
@@ -233,8 +233,8 @@ def tis_agreement(config: ml_collections.ConfigDict, task: str, run_dir: str,
   from heat_jax.methods.heat import scoring_params
   c = variant_config(config, task, "heat", 0, backbone)
   scores, selected, _ = importance.load_importance(run_dir)
-  t = build_task(c.data, model_family=model_family(c.model.name),
-                 image_size=c.model.image_size)
+  t = build_task(c.data, image_size=c.model.image_size,
+                 auto_value_range=model_info(c.model.name).value_range)
   model, _ = experiment.build_model(c, c.data.num_classes or t.num_classes)
   params, state, _ = experiment.load_weights(c, model)
   imp = c.importance

@@ -290,9 +290,12 @@ def test_not_a_vit_file_or_map_head(tmp_path, micro):
   write_npz(tmp_path / "map.npz", arrays)
   with pytest.raises(CheckpointError, match="MAP"):
     load_pretrained(tmp_path / "map.npz", model)
-  (tmp_path / "w.safetensors").write_bytes(b"0")
-  with pytest.raises(CheckpointError, match=".npz"):
+  (tmp_path / "w.safetensors").write_bytes(b"0")   # a ViT reads timm / HF files too
+  with pytest.raises(CheckpointError, match="as .safetensors.*partial download"):
     load_pretrained(tmp_path / "w.safetensors", model)
+  (tmp_path / "w.ckpt").write_bytes(b"0")
+  with pytest.raises(CheckpointError, match=r"\.npz.*\.safetensors"):
+    load_pretrained(tmp_path / "w.ckpt", model)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped_byte", "garbage", "empty"])

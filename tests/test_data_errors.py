@@ -33,7 +33,7 @@ def folder_config(root, **overrides):
 
 
 def build(c, image_size=SIZE):
-  return build_task(c, model_family="vit", image_size=image_size)
+  return build_task(c, image_size=image_size)
 
 
 def one_line_error(kind, c, match, image_size=SIZE):

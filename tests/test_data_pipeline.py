@@ -16,6 +16,7 @@ from configs.vtab import get_config
 from heat_jax.data import ArraySplit, build_task
 from heat_jax.data.stream import StreamSplit
 from heat_jax.errors import ConfigError, DataError
+from heat_jax.models import model_info
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -61,7 +62,7 @@ def test_tfds_dtd_end_to_end(tmp_path, value_range):
   n = 23
   c = data_config("dtd", tmp_path, value_range=value_range)
   with mock(n):
-    task = build_task(c, model_family="vit", image_size=SIZE)
+    task = build_task(c, image_size=SIZE)
     reference = tfds.data_source("dtd:3.*.*", split="test", data_dir=str(tmp_path),
                                  download=False)
     expected = np.stack([pil_resize(reference[i]["image"]) for i in range(n)])
@@ -104,7 +105,8 @@ def test_tfds_dtd_end_to_end(tmp_path, value_range):
 
 def test_tfds_swin_family_resolves_imagenet_range(tmp_path):
   with mock(5):
-    task = build_task(data_config("svhn", tmp_path), model_family="swin", image_size=SIZE)
+    task = build_task(data_config("svhn", tmp_path), image_size=SIZE,
+                      auto_value_range=model_info("Swin-tiny").value_range)
     batch = next(task.test.batches(4))
   assert task.info["value_range"] == "imagenet"
   assert batch["image"].min() < -1.5   # imagenet-normalised black is about -2
@@ -114,7 +116,7 @@ def test_tfds_dsprites_binary_images_and_derived_labels(tmp_path):
   n = 9
   c = data_config("dsprites_loc", tmp_path, value_range="unit")
   with mock(n):
-    task = build_task(c, model_family="vit", image_size=64)
+    task = build_task(c, image_size=64)
     reference = tfds.data_source("dsprites:2.*.*", split="train", data_dir=str(tmp_path),
                                  download=False)
     xs = [int(reference[i]["label_x_position"]) for i in range(n)]
@@ -132,7 +134,7 @@ def test_tfds_dsprites_binary_images_and_derived_labels(tmp_path):
 def test_tfds_smallnorb_grayscale_tuned_with_val(tmp_path):
   c = data_config("smallnorb_ele,tune=True", tmp_path)
   with mock(6):
-    task = build_task(c, model_family="vit", image_size=SIZE)
+    task = build_task(c, image_size=SIZE)
     reference = tfds.data_source("smallnorb:2.*.*", split="test", data_dir=str(tmp_path),
                                  download=False)
     elevations = [int(reference[i]["label_elevation"]) for i in range(6)]
@@ -147,14 +149,14 @@ def test_tfds_smallnorb_grayscale_tuned_with_val(tmp_path):
 def test_tfds_num_classes_mismatch_is_a_config_error(tmp_path):
   c = data_config("dtd", tmp_path, num_classes=10)
   with mock(3), pytest.raises(ConfigError, match="num_classes=10.*47"):
-    build_task(c, model_family="vit", image_size=SIZE)
+    build_task(c, image_size=SIZE)
 
 
 def test_tfds_out_of_range_derived_labels_are_data_errors(tmp_path):
   # mock CLEVR scenes hold dozens of "objects": count - 3 exceeds the 8 classes
   c = data_config("clevr_count", tmp_path)
   with mock(3), pytest.raises(DataError, match=r"outside \[0, 8\)"):
-    build_task(c, model_family="vit", image_size=SIZE)
+    build_task(c, image_size=SIZE)
 
 
 # ----------------------------------------------------------------------------- tfds (real files)
@@ -200,7 +202,7 @@ def tiny_config(data_dir, **overrides):
 
 
 def test_tfds_prepared_array_record_dataset(tiny_data_dir):
-  task = build_task(tiny_config(tiny_data_dir), model_family="vit", image_size=SIZE)
+  task = build_task(tiny_config(tiny_data_dir), image_size=SIZE)
   assert task.num_classes == 3 and task.name == "heat_jax_tiny_images"
   assert (task.train.num_examples, task.val.num_examples, task.test.num_examples) == (7, 5, 11)
   # labels belong to their images (each image is one grey level that encodes its index)
@@ -217,11 +219,10 @@ def test_tfds_prepared_array_record_dataset(tiny_data_dir):
 
 def test_tfds_prepared_dataset_bad_split_and_class_count(tiny_data_dir):
   with pytest.raises(DataError, match="cannot read split 'tset'") as info:
-    build_task(tiny_config(tiny_data_dir, test_split="tset"), model_family="vit",
-               image_size=SIZE)
+    build_task(tiny_config(tiny_data_dir, test_split="tset"), image_size=SIZE)
   assert "\n" not in str(info.value)
   with pytest.raises(ConfigError, match="num_classes=5"):
-    build_task(tiny_config(tiny_data_dir, num_classes=5), model_family="vit", image_size=SIZE)
+    build_task(tiny_config(tiny_data_dir, num_classes=5), image_size=SIZE)
 
 
 # ----------------------------------------------------------------------------- missing data
@@ -230,7 +231,7 @@ def test_tfds_prepared_dataset_bad_split_and_class_count(tiny_data_dir):
 def test_missing_dataset_fails_fast_with_the_fix(tmp_path):
   start = time.time()
   with pytest.raises(DataError) as info:
-    build_task(data_config("dtd", tmp_path), model_family="vit", image_size=SIZE)
+    build_task(data_config("dtd", tmp_path), image_size=SIZE)
   assert time.time() - start < 10
   msg = str(info.value)
   assert "\n" not in msg
@@ -244,7 +245,7 @@ def test_missing_manual_dataset_explains_the_manual_download(tmp_path, monkeypat
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env_dir"))
   c = get_config("resisc45").data
   with pytest.raises(DataError) as info:
-    build_task(c, model_family="vit", image_size=SIZE)
+    build_task(c, image_size=SIZE)
   msg = str(info.value)
   assert str(tmp_path / "env_dir") in msg and "$TFDS_DATA_DIR" in msg
   assert "resisc45" in msg and "--manual_dir" in msg and "1drv.ms" in msg
@@ -252,11 +253,9 @@ def test_missing_manual_dataset_explains_the_manual_download(tmp_path, monkeypat
 
 def test_empty_splits_and_names_are_config_errors(tmp_path):
   with pytest.raises(ConfigError, match="test_split"):
-    build_task(data_config("dtd", tmp_path, test_split=""), model_family="vit",
-               image_size=SIZE)
+    build_task(data_config("dtd", tmp_path, test_split=""), image_size=SIZE)
   with pytest.raises(DataError, match="no dataset"):
-    build_task(data_config("dtd", tmp_path, tfds_name="not_a_dataset"), model_family="vit",
-               image_size=SIZE)
+    build_task(data_config("dtd", tmp_path, tfds_name="not_a_dataset"), image_size=SIZE)
 
 
 def test_data_dir_resolution_and_prepare_targets(monkeypatch):
@@ -322,7 +321,7 @@ def folder_config(root, **overrides):
 def test_folder_dataset_end_to_end(tmp_path):
   make_folders(tmp_path, {"train800val200": 4, "test": 3})
   write_image(tmp_path / "test" / "dotted" / "gray.jpg", (0, 0, 0), mode="L")
-  task = build_task(folder_config(tmp_path), model_family="vit", image_size=SIZE)
+  task = build_task(folder_config(tmp_path), image_size=SIZE)
   assert task.num_classes == 3 and task.info["classes"] == sorted(COLORS)
   assert task.train.images.shape == (12, SIZE, SIZE, 3) and task.train.images.dtype == np.uint8
   assert [label_of_color(im) for im in task.train.images] == task.train.labels.tolist()
@@ -339,7 +338,7 @@ def test_folder_dataset_end_to_end(tmp_path):
 def test_folder_split_slicing_is_class_balanced(tmp_path):
   make_folders(tmp_path, {"train": 20, "test": 1})
   task = build_task(folder_config(tmp_path, train_split="train[:30]", test_split="test"),
-                    model_family="vit", image_size=8)
+                    image_size=8)
   counts = np.bincount(task.train.labels, minlength=3)
   assert task.train.num_examples == 30 and counts.min() >= 3   # not just the first class
 
@@ -350,8 +349,7 @@ def test_folder_list_files_noah_layout(tmp_path):
   lines = "\n".join(f"images/{cls}.jpg {i}" for i, cls in enumerate(sorted(COLORS)))
   (tmp_path / "train800val200.txt").write_text(lines + "\n")
   (tmp_path / "test.txt").write_text(lines.splitlines()[1] + "\n")
-  task = build_task(folder_config(tmp_path, num_classes=3), model_family="vit",
-                    image_size=SIZE)
+  task = build_task(folder_config(tmp_path, num_classes=3), image_size=SIZE)
   assert task.train.labels.tolist() == [0, 1, 2]
   assert [label_of_color(im) for im in task.train.images] == [0, 1, 2]
   assert next(task.test.batches(2, pad=True))["mask"].tolist() == [1.0, 0.0]
@@ -369,35 +367,35 @@ def test_folder_dtd_archive_layout(tmp_path):
   for split, names in files.items():
     (dtd / "labels" / f"{split}.txt").write_text("\n".join(names) + "\n")
   c = folder_config(tmp_path / "dtd-r1.0.1", num_classes=3)
-  task = build_task(c, model_family="vit", image_size=SIZE)   # train800val200 -> train1+val1
+  task = build_task(c, image_size=SIZE)   # train800val200 -> train1+val1
   assert task.train.num_examples == 12 and task.test.num_examples == 6
   assert [label_of_color(im) for im in task.train.images] == task.train.labels.tolist()
   c.train_split, c.val_split, c.test_split = "train800", "val200", "val200"
-  task = build_task(c, model_family="vit", image_size=SIZE)
+  task = build_task(c, image_size=SIZE)
   assert task.train.num_examples == 6 and task.val.num_examples == 6
 
 
 def test_folder_errors(tmp_path):
   with pytest.raises(DataError, match="not a directory"):
-    build_task(folder_config(tmp_path / "nope"), model_family="vit", image_size=SIZE)
+    build_task(folder_config(tmp_path / "nope"), image_size=SIZE)
   make_folders(tmp_path, {"train800val200": 1})
   with pytest.raises(DataError, match="split 'test' not found") as info:
-    build_task(folder_config(tmp_path), model_family="vit", image_size=SIZE)
+    build_task(folder_config(tmp_path), image_size=SIZE)
   assert "\n" not in str(info.value)
   make_folders(tmp_path, {"test": 1})
   for split in ("train800val200", "test"):
     (tmp_path / split / "empty_class").mkdir()
   with pytest.raises(DataError, match="empty_class has no"):
-    build_task(folder_config(tmp_path), model_family="vit", image_size=SIZE)
+    build_task(folder_config(tmp_path), image_size=SIZE)
   for split in ("train800val200", "test"):
     os.rmdir(tmp_path / split / "empty_class")
   with pytest.raises(DataError, match="3 class folders .*num_classes=47"):
-    build_task(folder_config(tmp_path, num_classes=47), model_family="vit", image_size=SIZE)
+    build_task(folder_config(tmp_path, num_classes=47), image_size=SIZE)
   (tmp_path / "test" / "banded" / "banded_0.png").write_bytes(b"not a png")
   with pytest.raises(DataError, match="1 of 3 images cannot be read, first .*banded_0.png"):
-    build_task(folder_config(tmp_path), model_family="vit", image_size=SIZE)   # at load
+    build_task(folder_config(tmp_path), image_size=SIZE)   # at load
   with pytest.raises(ConfigError, match="folder_root"):
-    build_task(folder_config(""), model_family="vit", image_size=SIZE)
+    build_task(folder_config(""), image_size=SIZE)
 
 
 # ----------------------------------------------------------------------------- streaming

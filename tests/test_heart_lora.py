@@ -16,7 +16,7 @@ import pytest
 from heat_jax import checkpoints, experiment
 from heat_jax.data import build_task
 from heat_jax.methods import MethodContext, get_method
-from heat_jax.models import create_model, head_layout, model_family
+from heat_jax.models import create_model, head_layout, model_info
 from heat_jax.models.attention_paths import attention_paths, get_subtree
 from heat_jax.training import partition
 from heat_jax.training.trainer import Trainer, epoch_batches
@@ -52,7 +52,7 @@ def test_unselected_heads_get_no_update_with_nonzero_factors(tiny_config, name):
   c.lora.alpha = 4.0
   c.optim.lr = 1e-2
   selected = np.asarray(SELECTED[name], bool)
-  task = build_task(c.data, model_family=model_family(name), image_size=32)
+  task = build_task(c.data, image_size=32, auto_value_range=model_info(name).value_range)
   method = get_method(c)
   model0, _ = experiment.build_model(c, task.num_classes, method.extensions())
   assert head_layout(model0).shape == selected.shape

@@ -82,7 +82,7 @@ def test_heat_scores_through_the_probe_and_starts_from_it(tiny_config, tmp_path)
   c.method.name = "heat"
   c.importance.probe_l2 = 1e-2
   c.importance.keep_probe = True
-  task = build_task(c.data, model_family="vit", image_size=32)
+  task = build_task(c.data, image_size=32)
   model, params = _zero_head_params(c.seed)
   method = get_method(c)
   ctx = MethodContext(config=c, model=model, params=params, task=task, workdir=str(tmp_path))

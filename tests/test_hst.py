@@ -288,7 +288,7 @@ def test_frozen_set_adapter_and_load_adapter(straight):
   assert np.abs(flat_state["batch_stats/hst_side/fc_norm/mean"]).max() > 0  # trained
 
   # The rebuilt model's eval logits equal the run's (its final params and statistics).
-  task = build_task(c.data, model_family="vit", image_size=32)
+  task = build_task(c.data, image_size=32)
   images = next(task.test.batches(16))["image"]
   predict = jax.jit(functools.partial(apply_model, loaded))
   got = predict(variables["params"], {k: v for k, v in variables.items() if k != "params"},

@@ -164,7 +164,7 @@ def _one_engine_step(tiny_config, init):
   c.method.name = "kadaptation"
   c.kadaptation.n = 8
   c.kadaptation.init = init
-  task = build_task(c.data, model_family="vit", image_size=32)
+  task = build_task(c.data, image_size=32)
   method = get_method(c)
   model = create_model("ViT-micro", task.num_classes, extensions=method.extensions())
   # A trained-looking backbone and head (a zero head passes no gradient back), the

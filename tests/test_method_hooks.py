@@ -106,7 +106,7 @@ def test_toy_method_trains_evaluates_with_running_stats_and_exports(toy_config, 
   # it from the exported adapter, and check the statistics matter.
   model, variables = artifacts.load_adapter(str(tmp_path))
   assert set(variables) == {"params", "batch_stats"}
-  task = build_task(toy_config.data, model_family="vit", image_size=32)
+  task = build_task(toy_config.data, image_size=32)
   batch = next(task.test.batches(task.test.num_examples))
   logits = model.apply(variables, batch["image"], train=False)
   acc = float(np.mean(np.argmax(logits, -1) == batch["label"]))

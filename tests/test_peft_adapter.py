@@ -54,7 +54,7 @@ def _test_accuracy(model, variables, results) -> float:
 
   from heat_jax.data import build_task
   data = ConfigDict(results["config"]["data"])
-  task = build_task(data, model_family="vit", image_size=results["preprocess"]["image_size"])
+  task = build_task(data, image_size=results["preprocess"]["image_size"])
   correct = total = 0
   for b in task.test.batches(32, pad=True):
     logits = np.asarray(model.apply(variables, b["image"], train=False))

@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from heat_jax.data.preprocess import resolve_value_range
-from heat_jax.models import create_model, head_layout, layers, model_defaults
+from heat_jax.models import create_model, head_layout, layers, model_defaults, model_info
 from heat_jax.models import swin
 from heat_jax.methods.adapter import AdapterSpec
 from heat_jax.methods.lora import LoraSpec
@@ -275,5 +275,6 @@ def test_drop_path_only_in_training(tiny, tiny_plain):
 
 
 def test_swin_uses_imagenet_value_range():
-  assert resolve_value_range("auto", "swin") == "imagenet"
-  assert resolve_value_range("auto", create_model("Swin-tiny", 2).family) == "imagenet"
+  for name in ("Swin-tiny", "Swin-B"):
+    assert resolve_value_range("auto", model_info(name).value_range) == "imagenet"
+  assert resolve_value_range("minus1_1", model_info("Swin-B").value_range) == "minus1_1"

@@ -122,7 +122,7 @@ def _config(**data):
 
 def test_build_task_from_config():
   config = _config(train_split="train800", synthetic_seed=4)
-  task = build_task(config.data, model_family="vit", image_size=48)
+  task = build_task(config.data, image_size=48)
   # Loading data never changes the config (the run's fingerprint is taken from it).
   assert task.num_classes == 8 and config.data.num_classes == 0
   assert task.train.num_examples == 40 and task.val.num_examples == 10
@@ -144,7 +144,7 @@ def test_build_task_from_config():
 ])
 def test_config_errors(data, match):
   with pytest.raises(ConfigError, match=match) as err:
-    build_task(_config(**data).data, model_family="vit", image_size=32)
+    build_task(_config(**data).data, image_size=32)
   assert "\n" not in err.value.one_line()
 
 

@@ -11,7 +11,7 @@ from tests.test_data_pipeline import tiny_config, tiny_data_dir  # noqa: E402,F4
 
 def one_line_error(kind, c, match):
   with pytest.raises(kind, match=match) as info:
-    build_task(c, model_family="vit", image_size=8)
+    build_task(c, image_size=8)
   assert "\n" not in str(info.value)
   return str(info.value)
 

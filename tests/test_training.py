@@ -27,7 +27,7 @@ def _perturbed_params(model, seed=0):
 
 
 def _train(model, params, mask, config, steps):
-  task = build_task(config.data, model_family="vit", image_size=32)
+  task = build_task(config.data, image_size=32)
   trainer = Trainer(model, params, mask, config.optim, total_steps=steps,
                     steps_per_epoch=task.train.num_examples // config.train.batch_size)
   state = trainer.initial_state()
@@ -139,7 +139,7 @@ def test_adapter_roundtrip_and_counts(tiny_config, tmp_path):
   assert results["trainable_params"] == results["trainable_params_no_head"] + d * classes + classes
   model, variables = artifacts.load_adapter(str(tmp_path))
   params = variables["params"]
-  task = build_task(c.data, model_family="vit", image_size=32)
+  task = build_task(c.data, image_size=32)
   batch = next(task.test.batches(8))
   got = model.apply({"params": params}, batch["image"])
   ckpt_dir = tmp_path / "checkpoints"

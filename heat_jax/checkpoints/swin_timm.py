@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from heat_jax import resize
-from heat_jax.checkpoints import Exporter, register_converter, register_exporter
+from heat_jax.checkpoints import state_dict
+from heat_jax.checkpoints.formats import Exporter, register_converter, register_exporter
 from heat_jax.checkpoints.registry import CheckpointInfo, register_checkpoint
 from heat_jax.errors import CheckpointError
 from heat_jax.io_utils import atomic_open
@@ -39,47 +40,13 @@ from heat_jax.io_utils import atomic_open
 TABLE = "relative_position_bias_table"
 TABLE_METHODS = ("bicubic", "bilinear", "geometric")
 _BUFFERS = ("relative_position_index", "attn_mask")
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
 
 # ----------------------------------------------------------------------------- reading
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a timm `.safetensors` (numpy only) or a Microsoft/timm `.pth` (needs torch)."""
-  path = Path(path)
-  suffix = path.suffix.lower()
-  if suffix == ".safetensors":
-    from safetensors.numpy import load_file
-    try:
-      return dict(load_file(str(path)))
-    except Exception as e:  # safetensors raises its own error types
-      raise CheckpointError(f"cannot read {path} as .safetensors ({e}); delete it if it "
-                            "is a partial download and try again") from None
-  if suffix in _TORCH_SUFFIXES:
-    try:
-      import torch
-    except ImportError:
-      raise CheckpointError(f"{path} is a PyTorch pickle; reading it needs torch "
-                            "(pip install torch), or use the timm .safetensors file of "
-                            "the same model") from None
-    try:
-      obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors
-      raise CheckpointError(f"cannot read {path} with torch.load ({e}); delete it if it "
-                            "is a partial download and try again") from None
-    if isinstance(obj, dict):
-      obj = obj.get("model", obj)
-      obj = obj.get("state_dict", obj)
-    if not isinstance(obj, dict):
-      raise CheckpointError(f"{path} does not hold a state dict")
-    out = {}
-    for key, value in obj.items():
-      if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        out[key] = (value.float() if value.is_floating_point() else value).numpy()
-    return out
-  raise CheckpointError(f"{path}: Swin checkpoints must be timm .safetensors or "
-                        f"Microsoft/timm .pth files, not {suffix or 'no suffix'!r}")
+  return state_dict.read(path, "Swin", "timm .safetensors or Microsoft/timm .pth")
 
 
 # ----------------------------------------------------------------------------- renaming
@@ -247,9 +214,9 @@ def convert(state: dict[str, np.ndarray], template: dict[str, tuple[int, ...]], 
     state: timm (current) or Microsoft (original) state dict as numpy arrays.
     template: canonical name -> shape of the model's parameters.
     interpolation: bias-table resize method (`bicubic`, `bilinear`, `geometric`;
-      `zoom`, the ViT default of `load_pretrained`, means `bicubic`).
+      `zoom` and `auto` mean `bicubic`).
   """
-  method = "bicubic" if interpolation == "zoom" else interpolation
+  method = "bicubic" if interpolation in ("zoom", "auto") else interpolation
   if method not in TABLE_METHODS:
     raise CheckpointError(f"Swin bias tables resize with one of {TABLE_METHODS}, not "
                           f"{interpolation!r}")

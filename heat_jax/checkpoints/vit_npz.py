@@ -13,11 +13,15 @@ Canonical (in-memory) names are those of `heat_jax.models.vit` (vit_jax after
 from __future__ import annotations
 
 import re
+import zipfile
+from pathlib import Path
 
 import numpy as np
 
 from heat_jax import resize
+from heat_jax.checkpoints.formats import Exporter, register_exporter
 from heat_jax.errors import CheckpointError
+from heat_jax.io_utils import load_npz, write_npz
 
 _PREFIXES = ("opt/target/", "params/img/", "params/")
 # Block children: pre-Linen on-disk name -> Linen in-memory name (and the inverse).
@@ -110,8 +114,10 @@ def convert(arrays: dict[str, np.ndarray], template: dict[str, tuple[int, ...]],
     arrays: the raw `.npz` contents.
     template: canonical name -> shape of the model's parameters.
     grid_hw: the model's patch grid.
-    interpolation: posemb resize method (`zoom` = vit_jax/big_vision, `bilinear` = timm).
+    interpolation: posemb resize method (`zoom` = vit_jax/big_vision, `bilinear` = timm;
+      `auto` = zoom).
   """
+  interpolation = "zoom" if interpolation == "auto" else interpolation
   out, facts = to_canonical(arrays)
   model_has_cls = "cls" in template
   if POSEMB in out:
@@ -142,3 +148,28 @@ def to_vit_jax(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["/".join(parts)] = np.array(value, np.float32)
   return out
 
+
+
+def read(path: Path) -> dict[str, np.ndarray]:
+  """The arrays of a ViT `.npz`; CheckpointError for anything else."""
+  if not zipfile.is_zipfile(path):
+    raise CheckpointError(f"{path} is not an .npz (zip) archive; delete it if it is a "
+                          "partial download and try again")
+  try:
+    return load_npz(path)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise CheckpointError(f"cannot read {path} as .npz ({e}); delete it if it is a "
+                          "partial download and try again") from None
+
+
+def convert_file(path: Path, *, template: dict, model, image_hw: tuple[int, int],
+                 interpolation: str) -> tuple[dict, dict]:
+  """A vit_jax / big_vision `.npz` -> canonical arrays for `model`."""
+  p = model.patch_size
+  return convert(read(path), template, grid_hw=(image_hw[0] // p, image_hw[1] // p),
+                 interpolation=interpolation)
+
+
+register_exporter("vit", Exporter(
+    "merged.npz", lambda path, params: write_npz(path, to_vit_jax(params)),
+    "vit_jax .npz (timm `_load_weights`, big_vision, heat_jax)"))

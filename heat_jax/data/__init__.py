@@ -1,4 +1,4 @@
-"""Data: `build_task(data_config, model_family, image_size) -> Task`.
+"""Data: `build_task(data_config, image_size=..., auto_value_range=...) -> Task`.
 
 Sources register themselves by name (`config.data.source`): `tfds`, `folder`,
 `synthetic`, `real` (images shipped in packages). Adding a source is one module that
@@ -30,10 +30,11 @@ def _is_count(value: Any, *, minimum: int) -> bool:
           and value >= minimum)
 
 
-def check_config(data_config: Any, *, model_family: str = "vit") -> str:
+def check_config(data_config: Any, *, auto_value_range: str = "minus1_1") -> str:
   """Cheap checks of `config.data` shared by every source (no files read); returns the
-  resolved value range. ConfigError on an unknown source, value range, resize method
-  or a negative class count."""
+  resolved value range (`auto` -> `auto_value_range`, the model's own: see
+  `heat_jax.models.model_info`). ConfigError on an unknown source, value range,
+  resize method or a negative class count."""
   from heat_jax.data.preprocess import check_resize_method, resolve_value_range
   source = data_config.source
   if source not in _SOURCES and source in _SOURCE_MODULES:
@@ -46,12 +47,14 @@ def check_config(data_config: Any, *, model_family: str = "vit") -> str:
   if not _is_count(num_classes, minimum=0):
     raise ConfigError(f"config.data.num_classes={num_classes!r} must be an integer >= 0 "
                       "(0 = read it from the data)")
-  return resolve_value_range(data_config.value_range, model_family)
+  return resolve_value_range(data_config.value_range, auto_value_range)
 
 
-def build_task(data_config: Any, *, model_family: str, image_size: int) -> Task:
-  """Builds the task described by `config.data` for a model family and image size."""
-  value_range = check_config(data_config, model_family=model_family)
+def build_task(data_config: Any, *, image_size: int,
+               auto_value_range: str = "minus1_1") -> Task:
+  """Builds the task described by `config.data` for a model's image size and value
+  range (what `value_range='auto'` means for it)."""
+  value_range = check_config(data_config, auto_value_range=auto_value_range)
   if not _is_count(image_size, minimum=1):
     raise ConfigError(f"image size {image_size!r} must be a positive integer; check "
                       "config.model.image_size")

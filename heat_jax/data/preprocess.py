@@ -2,9 +2,12 @@
 
 Value ranges (`config.data.value_range`):
   * `minus1_1`: (x - 127.5) / 127.5, how Google's ViT checkpoints were trained;
-  * `imagenet`: x / 255 then ImageNet mean/std (Swin, PyTorch PETL baselines);
+  * `imagenet`: x / 255 then ImageNet mean/std (Swin, DeiT, DINOv2, PyTorch PETL
+    baselines);
+  * `clip`: x / 255 then OpenAI CLIP's mean/std (CLIP image towers);
   * `unit`: x / 255;
-  * `auto`: `minus1_1` for the ViT family, `imagenet` for Swin.
+  * `auto`: the normalisation the model's pretrained weights expect, which the caller
+    passes in (`heat_jax.models.model_info(name).value_range`).
 """
 
 from __future__ import annotations
@@ -18,14 +21,21 @@ from heat_jax.errors import ConfigError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-VALUE_RANGES = ("minus1_1", "imagenet", "unit")
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+# name -> (mean, std) of x / 255; minus1_1 is mean = std = 0.5 (timm's "inception").
+MEAN_STD = {"minus1_1": (np.full(3, 0.5, np.float32), np.full(3, 0.5, np.float32)),
+            "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
+            "unit": (np.zeros(3, np.float32), np.ones(3, np.float32))}
+VALUE_RANGES = ("minus1_1", "imagenet", "clip", "unit")
 RESIZE_METHODS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                   "nearest": Image.Resampling.NEAREST}
 
 
-def resolve_value_range(value_range: str, model_family: str) -> str:
+def resolve_value_range(value_range: str, auto: str = "minus1_1") -> str:
+  """`config.data.value_range`, with `auto` replaced by the model's own (`auto`)."""
   if value_range == "auto":
-    return "imagenet" if model_family == "swin" else "minus1_1"
+    value_range = auto
   if value_range not in VALUE_RANGES:
     raise ConfigError(f"config.data.value_range={value_range!r} is not one of "
                       f"{('auto',) + VALUE_RANGES}")
@@ -38,8 +48,9 @@ def normalizer(value_range: str) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: (np.asarray(x, np.float32) - 127.5) / 127.5
   if value_range == "unit":
     return lambda x: np.asarray(x, np.float32) / 255.0
-  if value_range == "imagenet":
-    return lambda x: (np.asarray(x, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+  if value_range in MEAN_STD:
+    mean, std = MEAN_STD[value_range]
+    return lambda x: (np.asarray(x, np.float32) / 255.0 - mean) / std
   raise ConfigError(f"unknown value range {value_range!r}; use one of {VALUE_RANGES}")
 
 
@@ -89,3 +100,12 @@ def split_names(data_config, hint: str) -> dict[str, str]:
     if not splits[role]:
       raise ConfigError(f"config.data.{role}_split is empty; set it to {hint}")
   return splits
+
+
+def value_range_of(mean, std, *, tol: float = 1e-4) -> str | None:
+  """The named value range with this mean/std (timm's `pretrained_cfg`), or None."""
+  mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+  for name, (m, s) in MEAN_STD.items():
+    if mean.shape == m.shape and np.allclose(mean, m, atol=tol) and np.allclose(std, s, atol=tol):
+      return name
+  return None

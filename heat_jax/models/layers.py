@@ -55,6 +55,7 @@ class Projection(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.xavier_uniform()
   bias_init: Callable = nn.initializers.zeros_init()
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: Union[Array, tuple[Array, Array]], grouped: bool = False) -> Any:
@@ -73,8 +74,11 @@ class Projection(nn.Module):
       in_shape[self.head_axis] += x[1].shape[x[1].ndim - self.num_in + self.head_axis]
     shape = tuple(in_shape) + tuple(self.features)
     kernel = self._kernel(shape, int(np.prod(in_shape)))
-    bias = self.param("bias", self.bias_init, tuple(self.features), self.param_dtype)
-    bias = bias.astype(self.dtype)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, tuple(self.features), self.param_dtype)
+      bias = bias.astype(self.dtype)
+    else:  # timm's qkv_bias=False: a constant zero (no parameter)
+      bias = jnp.zeros(tuple(self.features), self.dtype)
     split = isinstance(kernel, HeadSplit) and kernel.axis == self.head_axis
     if pair:
       if not split:
@@ -147,6 +151,7 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.xavier_uniform()
   fused: bool = True
+  qkv_bias: bool = True
 
   @nn.compact
   def __call__(self, x: Array, *, gate: Optional[Array] = None,
@@ -168,7 +173,7 @@ class MultiHeadAttention(nn.Module):
     out_features = self.out_features or width
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
     qkv = lambda name: Projection((self.num_heads, head_dim), num_in=1, head_axis=1,
-                                  name=name, **dense)
+                                  use_bias=self.qkv_bias, name=name, **dense)
     out = Projection((out_features,), num_in=2, head_axis=0, name="out", **dense)
     dropout = self.attention_dropout > 0 and not deterministic
     groups = None if dropout else self._head_groups(hooks)
@@ -252,13 +257,26 @@ def fused_attention(q: Array, k: Array, v: Array, bias: Optional[Array], *,
   return out.reshape(q.shape)
 
 
+ACTIVATIONS = ("gelu", "quick_gelu")
+
+
+def quick_gelu(x: Array) -> Array:
+  """x * sigmoid(1.702 x): OpenAI CLIP's activation (timm `quick_gelu`)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
 class MlpBlock(nn.Module):
-  """Dense -> GELU -> dropout -> Dense -> dropout (names Dense_0 / Dense_1 pinned)."""
+  """Dense -> activation -> dropout -> Dense -> dropout (names Dense_0 / Dense_1 pinned).
+
+  `activation`: `gelu` (tanh-approximate when `approximate_gelu`, as vit_jax; exact
+  as torch) or `quick_gelu` (OpenAI CLIP).
+  """
 
   mlp_dim: int
   out_dim: Optional[int] = None
   dropout_rate: float = 0.0
   approximate_gelu: bool = True
+  activation: str = "gelu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   dense_names: tuple[str, str] = ("Dense_0", "Dense_1")
@@ -270,7 +288,12 @@ class MlpBlock(nn.Module):
                 bias_init=nn.initializers.normal(stddev=1e-6))
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                  name=self.dense_names[0], **init)(x)
-    x = nn.gelu(x, approximate=self.approximate_gelu)
+    if self.activation == "quick_gelu":
+      x = quick_gelu(x)
+    elif self.activation == "gelu":
+      x = nn.gelu(x, approximate=self.approximate_gelu)
+    else:
+      raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = nn.Dense(out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                  name=self.dense_names[1], **init)(x)

@@ -1,7 +1,9 @@
 """Registry of named model configurations.
 
-A model file registers its named configurations with `register_model`; everything
-else builds models through `create_model(name, num_classes, **overrides)`.
+A model file registers its named configurations with `register_model` (the module,
+its default fields and its `Family` record); everything else builds models through
+`create_model(name, num_classes, **overrides)` and asks `model_info(name)` about the
+checkpoint format and preprocessing, never switching on a family name.
 """
 
 from __future__ import annotations
@@ -13,15 +15,25 @@ import flax.linen as nn
 import numpy as np
 
 from heat_jax.errors import ConfigError
+from heat_jax.models.backbone import Family
 
 _MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {}
+_FAMILIES: dict[str, Family] = {}
 
 
-def register_model(name: str, constructor: Callable[..., nn.Module], **defaults: Any) -> None:
-  """Registers `name` -> constructor with default keyword arguments."""
+def register_model(name: str, constructor: Callable[..., nn.Module], *,
+                   family: Family | None = None, **defaults: Any) -> None:
+  """Registers `name` -> constructor with default keyword arguments and its record.
+
+  `family` defaults to a record named after the module's architecture (`vit`, `swin`).
+  """
   if name in _MODELS:
     raise ValueError(f"model {name!r} registered twice")
+  family = family or Family(getattr(constructor, "family", "vit"))
+  if "checkpoint_format" in {f.name for f in dataclasses.fields(constructor)}:
+    defaults = {"checkpoint_format": family.name, **defaults}
   _MODELS[name] = (constructor, defaults)
+  _FAMILIES[name] = family
 
 
 def available_models() -> list[str]:
@@ -34,8 +46,20 @@ def model_defaults(name: str) -> dict[str, Any]:
   return dict(_MODELS[name][1])
 
 
+def model_info(name: str) -> Family:
+  """The registered record of a model: checkpoint format, preprocessing, config fields."""
+  _check_name(name)
+  return _FAMILIES[name]
+
+
 def model_family(name: str) -> str:
-  """'vit' or 'swin' for a registered name, without building the module."""
+  """The checkpoint-format family of a registered name ('vit', 'timm_vit', 'swin', ...):
+  the key of its converter and exporter; nothing is built."""
+  return model_info(name).name
+
+
+def model_architecture(name: str) -> str:
+  """The architecture extensions declare support for ('vit', 'swin'), not built."""
   _check_name(name)
   return getattr(_MODELS[name][0], "family", "vit")
 

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from heat_jax.models import layers
-from heat_jax.models.extensions import Extension, Hooks, Site, Tokens
+from heat_jax.models.backbone import Backbone
+from heat_jax.models.extensions import Hooks, Site, Tokens
 
 Array = jax.Array
 MASK_VALUE = -100.0  # timm / Microsoft value between tokens of different regions
@@ -249,7 +250,7 @@ class SwinStage(nn.Module):
     return x, tokens
 
 
-class Swin(nn.Module):
+class Swin(Backbone):
   """Swin Transformer classifier.
 
   `__call__(images, head_gates=None, train=False, return_block_tokens=False)`:
@@ -261,25 +262,22 @@ class Swin(nn.Module):
       [B, tokens, C] (token count and width change between stages).
   """
 
-  num_classes: int
   patch_size: int = 4
   embed_dim: int = 96
   depths: tuple[int, ...] = (2, 2, 6, 2)
   num_heads: tuple[int, ...] = (3, 6, 12, 24)
   window_size: int = 7
-  image_size: int = 224
   mlp_ratio: float = 4.0
-  drop_path_rate: float = 0.0
-  head_init: str = "zeros"
-  extensions: tuple[Extension, ...] = ()
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   family = "swin"
 
   @property
   def heads_per_layer(self) -> tuple[int, ...]:
     return tuple(h for d, h in zip(self.depths, self.num_heads) for _ in range(d))
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    return tuple(self.embed_dim * 2 ** s for s, d in enumerate(self.depths) for _ in range(d))
 
   @nn.compact
   def __call__(self, images: Array, head_gates: Optional[Array] = None,
@@ -289,12 +287,9 @@ class Swin(nn.Module):
     deterministic = not train
     per_block = self.heads_per_layer
     head_gates = layers.gates_or_ones(head_gates, (len(per_block), max(per_block)))
-    _, h, w, _ = images.shape
-    p = self.patch_size
-    if h % p or w % p:
-      raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
-    hooks = Hooks.build(self, self.extensions, self.family)
-    x = PatchEmbed(p, self.embed_dim, self.dtype, self.param_dtype, name="patch_embed")(images)
+    self.check_input(images)
+    hooks = self.hooks()
+    x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, self.param_dtype, name="patch_embed")(images)
 
     rates = layers.drop_path_rates(self.drop_path_rate, len(per_block))
     block_tokens: list[Array] = []
@@ -319,15 +314,8 @@ class Swin(nn.Module):
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="norm")(x)
     x = jnp.mean(x, axis=(1, 2))
-    logits = hooks.head(self, x, Tokens(tuple(block_tokens), 0, tuple(grids),
-                                        images.astype(self.dtype)),
-                        self.num_classes, train)
-    if logits is None:
-      head_init = (nn.initializers.zeros if self.head_init == "zeros"
-                   else nn.initializers.lecun_normal())
-      logits = nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="head")(x)
-    logits = logits.astype(jnp.float32)
+    logits = self.classify(hooks, x, Tokens(tuple(block_tokens), 0, tuple(grids),
+                                            images.astype(self.dtype)), train)
     if return_block_tokens:
       return logits, tuple(block_tokens)
     return logits

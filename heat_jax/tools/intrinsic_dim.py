@@ -140,7 +140,7 @@ def run(workdir: str, *, task: str = "texture", parts: Sequence[str] = ("attenti
   """Measures every part's reference and subspace curve; writes the three files."""
   from heat_jax import checkpoints, experiment, study
   from heat_jax.data import build_task
-  from heat_jax.models import model_family
+  from heat_jax.models import model_info
   from heat_jax.tools import subspace
 
   start = time.time()
@@ -151,8 +151,8 @@ def run(workdir: str, *, task: str = "texture", parts: Sequence[str] = ("attenti
   config = study_config(task=task, **options)
   b = config.base
   backbone = study.pretrained_backbone(config)
-  data = build_task(b.data, model_family=model_family(b.model.name),
-                    image_size=b.model.image_size)
+  data = build_task(b.data, image_size=b.model.image_size,
+                    auto_value_range=model_info(b.model.name).value_range)
   model, _ = experiment.build_model(b, data.num_classes)
   params = checkpoints.load_pretrained(backbone, model, rng=jax.random.key(b.seed))
   sizes = {p: subspace.part_size(params, p) for p in parts}
