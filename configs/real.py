@@ -28,9 +28,9 @@ from configs.common import base_config, parse_arg
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The real-weights study config; `arg` as in the module docstring."""
   args = parse_arg(arg, seeds=3, tasks="digits,mnist",
-                   variants="heat,heat_random,heat_bottom,linear,lora,full", epochs=4,
+                   variants="heat,heat_random,heat_bottom,linear,lora,full", epochs=3,
                    budget=12, image_size=28, num_train=200, num_val=100, num_test=500,
-                   ablation_batches=4, strategy="head", lr=1e-3, full_lr=1e-4,
+                   ablation_batches=2, strategy="head", lr=1e-3, full_lr=1e-4,
                    keep_probe=False)
   c = ml_collections.ConfigDict()
   c.job = "study"

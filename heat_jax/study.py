@@ -311,6 +311,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                      "seconds": round(time.time() - tic, 2)})
         logging.info(f"{task:<20} {variant:<12} seed {seed}: test top-1 "
             f"{r['test_top1']:.3f}  ({rows[-1]['seconds']:.1f}s)")
+        write_json(os.path.join(workdir, "results.json"), rows)   # so far (atomic)
     if s.get("ablation_batches", 0) and "heat" in variants:
       agreements[task] = tis_agreement(config, task, os.path.join(workdir, task, "heat",
                                                                   "seed0"), backbone, workdir)
