@@ -10,6 +10,14 @@ variant is one `experiment.run` in `workdir/<task>/<variant>/seed<k>`, started a
 `heat_random` and the random scoring classifier of `heat_rnd_cls*`. Compiled XLA
 programs are cached under `$HEAT_JAX_CACHE/demo/xla` (`config.study.compilation_cache`),
 since compiling dominates runs this small.
+
+With `config.study.backbone` (a checkpoint name or file, e.g. `dinov2_s14_imgfocus` in
+configs/real.py) no backbone is pretrained: every run starts from those weights, and
+the tasks come from `config.base.data.source` (`synthetic` or `real`). With
+`config.study.ablation_batches > 0` each task's TIS (the `heat` run of seed 0) is also
+compared with the loss increase of removing each head alone (`importance.agreement`);
+the Spearman correlation goes into every heat row and results.md, and
+`importance_<task>.png` / `ablation_<task>.png` are the two maps.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from absl import logging
 from heat_jax import artifacts, experiment, logs
 from heat_jax.errors import ConfigError
 from heat_jax.io_utils import as_path, cache_dir, remove_tree, write_json, write_text
-from heat_jax.models import model_family
+from heat_jax.models import model_family, model_info
 
 HEARTBEAT_S = 12.0   # a line at least this often during a run (progress bars are off)
 BACKBONE_ASSET = "demo_backbone"   # heat_jax/assets/demo_backbone.{npz,json}
@@ -186,6 +194,9 @@ def variant_config(config: ml_collections.ConfigDict, task: str, variant: str, s
   c.heat.select_seed = seed   # heat_random: another random head set per seed
   c.data.synthetic_seed = config.study.data_seed
   c.update_from_flattened_dict(VARIANTS[variant])
+  overrides = config.study.get("overrides") or {}   # per-variant fields, e.g. full's lr
+  if overrides.get(variant):
+    c.update(overrides[variant])
   return c
 
 
@@ -197,16 +208,18 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   that nothing (not even the pretraining) starts on a config that would fail later.
   """
   from heat_jax import importance
-  from heat_jax.data import check_config, synthetic
+  from heat_jax.data import check_config
   from heat_jax.models import create_model, head_layout, model_info
   s = config.study
-  tasks = _names(s.tasks, "tasks", synthetic.GENERATORS, synthetic.DOWNSTREAM_TASKS)
+  valid_tasks, shown_tasks, check_sizes = _task_source(config.base.data.source)
+  tasks = _names(s.tasks, "tasks", valid_tasks, shown_tasks)
   variants = _names(s.variants, "variants", VARIANTS, VARIANTS)
   for field, least in (("seeds", 1), ("data_seed", 0)):
     value = s.get(field)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise ConfigError(f"config.study.{field}={value!r} must be an integer >= {least}")
-  check_pretrain(config.pretrain)
+  if not s.get("backbone"):
+    check_pretrain(config.pretrain)
   layout = head_layout(create_model(config.base.model.name, 2))   # ConfigError if unknown
   for variant in variants:
     c = variant_config(config, tasks[0], variant, 0)
@@ -227,7 +240,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   for task in tasks:
     c = variant_config(config, task, variants[0], 0)
     check_config(c.data, auto_value_range=model_info(c.model.name).value_range)
-    sizes = synthetic.check_config(c.data)
+    sizes = check_sizes(c.data)
     n_train = sizes["train800"] + (sizes["val200"] if c.data.train_split != "train800" else 0)
     if c.train.batch_size > n_train:
       raise ConfigError(f"config.base.train.batch_size={c.train.batch_size} is larger than "
@@ -252,6 +265,54 @@ def heartbeat(what: str, every: float = HEARTBEAT_S) -> Iterator[None]:
   finally:
     stop.set()
     thread.join()
+
+
+def _task_source(source: str) -> tuple[Any, Any, Any]:
+  """(valid task names, names shown in errors, size check) of a study's data source."""
+  if source == "real":
+    from heat_jax.data import real_images
+    return real_images.TASKS, list(real_images.TASKS), real_images.check_config
+  from heat_jax.data import synthetic
+  return synthetic.GENERATORS, synthetic.DOWNSTREAM_TASKS, synthetic.check_config
+
+
+def tis_agreement(config: ml_collections.ConfigDict, task: str, run_dir: str,
+                  backbone: str, out_dir: str) -> dict:
+  """The heat run's TIS against removing each head alone, on the same training data
+  and through the same scoring classifier (`importance.agreement.compare`)."""
+  from heat_jax import importance
+  from heat_jax.data import build_task
+  from heat_jax.importance import agreement
+  from heat_jax.methods.heat import scoring_params
+  c = variant_config(config, task, "heat", 0, backbone)
+  scores, selected, _ = importance.load_importance(run_dir)
+  t = build_task(c.data, image_size=c.model.image_size,
+                 auto_value_range=model_info(c.model.name).value_range)
+  model, _ = experiment.build_model(c, c.data.num_classes or t.num_classes)
+  params, state, _ = experiment.load_weights(c, model)
+  imp = c.importance
+
+  def batches():
+    return t.train.batches(imp.batch_size, shuffle=False, pad=True)
+
+  scored, _ = scoring_params(model, params, batches(), classifier=imp.classifier,
+                             seed=int(c.seed), l2=float(imp.probe_l2), model_state=state)
+  n = int(config.study.ablation_batches)
+  tic = time.time()
+  ablation = importance.ablation_scores(model, scored, batches(), num_batches=n,
+                                        model_state=state, progress=False)
+  valid = importance.head_layout(model).valid
+  result = agreement.compare(scores, ablation, valid, k=int(selected.sum()))
+  result.update(ablation_images=min(n * imp.batch_size, t.train.num_examples),
+                ablation_seconds=round(time.time() - tic, 1))
+  importance.plot_importance(os.path.join(out_dir, f"importance_{task}.png"), scores,
+                             selected, valid=valid,
+                             title=f"{task}: TIS ({imp.strategy}); red: heads kept by heat")
+  importance.plot_importance(os.path.join(out_dir, f"ablation_{task}.png"), ablation,
+                             selected, valid=valid,
+                             title=f"{task}: loss increase when the head alone is removed")
+  np.save(os.path.join(out_dir, f"ablation_{task}.npy"), ablation, allow_pickle=False)
+  return result
 
 
 def enable_compilation_cache() -> None:
@@ -280,13 +341,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   start = time.time()
   s = config.study
   tasks, variants = validate(config)   # before any directory, pretraining or run
-  logging.info(f"{HEADER}: {config.base.model.name}, tasks {', '.join(tasks)}; "
-      f"{len(variants)} variants x {s.seeds} seed(s)")
+  logging.info(f"{s.get('title') or HEADER}: {config.base.model.name}, tasks "
+               f"{', '.join(tasks)}; {len(variants)} variants x {s.seeds} seed(s)")
   as_path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
   if s.get("compilation_cache", True):
     enable_compilation_cache()
-  backbone = pretrained_backbone(config)
-  rows = []
+  backbone = s.get("backbone") or pretrained_backbone(config)
+  rows, agreements = [], {}
   for task in tasks:
     for seed in range(s.seeds):
       for variant in variants:
@@ -304,23 +365,53 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                      "seconds": round(time.time() - tic, 2)})
         logging.info(f"{task:<20} {variant:<12} seed {seed}: test top-1 "
             f"{r['test_top1']:.3f}  ({rows[-1]['seconds']:.1f}s)")
+        write_json(os.path.join(workdir, "results.json"), rows)   # so far (atomic)
+    if s.get("ablation_batches", 0) and "heat" in variants:
+      agreements[task] = tis_agreement(config, task, os.path.join(workdir, task, "heat",
+                                                                  "seed0"), backbone, workdir)
+      logging.info(f"{task}: TIS vs single-head ablation {agreements[task]}")
+      for row in rows:   # the heads heat ranks are the same for every seed and variant
+        if row["task"] == task and VARIANTS[row["variant"]]["method.name"] == "heat":
+          row.update(agreements[task])
   table = format_table(rows, tasks, variants)
   b = config.base
-  header = (f"{HEADER[0].upper()}{HEADER[1:]}.\n\n"
-            f"{b.model.name} pretrained for {config.pretrain.steps} steps on the synthetic "
-            f"mixture; {b.train.epochs} epochs on {b.data.num_train} images per task; HEAT "
+  title = s.get("title") or HEADER
+  what = (f"{b.model.name} from {backbone}" if s.get("backbone") else
+          f"{b.model.name} pretrained for {config.pretrain.steps} steps on the synthetic "
+          f"mixture")
+  n_train = (b.data.num_train - b.data.num_val if b.data.train_split == "train800"
+             else b.data.num_train)
+  header = (f"{title[0].upper()}{title[1:]}.\n\n"
+            f"{what} at {b.model.image_size}px; {b.train.epochs} epochs on {n_train} "
+            f"images per task; HEAT "
             f"budget {b.heat.budget:g} heads{' per layer' if b.heat.scope == 'layer' else ''} "
             f"({b.heat.scope} ranking, TIS strategy '{b.importance.strategy}' through the "
             f"'{b.importance.classifier}' classifier"
             f"{', training from the probe' if b.importance.keep_probe else ''}); test top-1 %, "
             f"mean ± std over {s.seeds} seed(s).\n\n")
-  footer = "".join(f"\n{line}" for line in compare_controls(rows, tasks))
+  footer = "".join(f"\n{line}" for line in compare_controls(rows, tasks)
+                   + agreement_lines(agreements))
   write_json(os.path.join(workdir, "results.json"), rows)
   write_text(os.path.join(workdir, "results.md"), header + table + "\n" + footer.lstrip("\n")
              + ("\n" if footer else ""))
   print("\n" + header + table + ("\n" + footer if footer else ""), flush=True)
   logging.info(f"total {time.time() - start:.0f}s; results in {workdir}")
   return rows
+
+
+def agreement_lines(agreements: dict[str, dict]) -> list[str]:
+  """results.md lines: how well TIS ranks the heads against single-head ablation."""
+  lines = []
+  for task, a in agreements.items():
+    k = next(key[3:-8] for key in a if key.startswith("top") and key.endswith("_overlap"))
+    lines.append(f"{task}: Spearman(TIS, loss increase when the head alone is removed) = "
+                 f"{a['spearman_tis_ablation']:+.3f} (vs |increase|: "
+                 f"{a['spearman_tis_abs_ablation']:+.3f}; {a['ablation_images']} training "
+                 f"images); the top-{k} TIS heads hold {a[f'top{k}_overlap']} of the top-{k} "
+                 f"by ablation; mean increase when removed: top-{k} TIS "
+                 f"{a['ablation_top_tis_mean']:+.4f}, bottom-{k} "
+                 f"{a['ablation_bottom_tis_mean']:+.4f}, all {a['ablation_mean']:+.4f}")
+  return lines
 
 
 def format_table(rows: list[dict], tasks: list[str], variants: list[str]) -> str:

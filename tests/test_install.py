@@ -48,6 +48,7 @@ OPTIONAL = {
     "tensorflow": "tf",        # heat_jax.data.prepare: preparing TFDS datasets
     "tensorboardX": "tb",      # heat_jax.training.metrics: TensorBoard event files
     "torch": "tools",          # heat_jax.checkpoints.swin_timm: Microsoft .pth files
+    "onnx": "real",            # heat_jax.checkpoints.onnx_vit: ONNX ViT checkpoints
 }
 
 

