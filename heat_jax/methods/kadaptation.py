@@ -57,7 +57,7 @@ import numpy as np
 
 from heat_jax.errors import ConfigError
 from heat_jax.methods.base import Method, MethodContext, register_method
-from heat_jax.models import create_model
+from heat_jax.models import create_model, model_family
 from heat_jax.models.attention_paths import attention_paths, get_subtree
 from heat_jax.models.extensions import Extension, Site, register_extension
 from heat_jax.training import partition
@@ -66,6 +66,8 @@ Array = jax.Array
 TARGETS = ("query", "key", "value")
 INITS = ("lora", "code_zero")
 Q_PLACEMENTS = ("after_scale", "before_scale")
+# The released head reads the ViT's pooled class token (declared like Extension.families).
+BN_LINEAR_FAMILIES = ("vit",)
 HEADS = ("linear", "bn_linear")
 PREFIX = "kadaptation_"
 RULES = "kadaptation_rules"
@@ -286,7 +288,7 @@ def kadaptation_spec(k: ml_collections.ConfigDict, model_name: str) -> KAdaptati
                       f"{', '.join(Q_PLACEMENTS)}")
   if k.head not in HEADS:
     raise ConfigError(f"{where}.head={k.head!r} is not one of {', '.join(HEADS)}")
-  if model_family(model_name) != "vit" and k.head != "linear":
+  if k.head != "linear" and model_family(model_name) not in BN_LINEAR_FAMILIES:
     raise ConfigError(f"{where}.head={k.head!r} is for ViT models; use linear")
   if k.share_qv_fast_weights and not {"query", "value"} <= set(targets):
     raise ConfigError(f"{where}.share_qv_fast_weights needs both query and value in "

@@ -32,7 +32,7 @@ import numpy as np
 
 from heat_jax.data.base import Task
 from heat_jax.errors import ConfigError
-from heat_jax.experiment import check_finite
+from heat_jax.loop import check_finite
 from heat_jax.training import partition
 from heat_jax.training.trainer import Trainer, epoch_batches
 
