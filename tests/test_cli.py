@@ -40,7 +40,8 @@ def _closed_port() -> int:
      "config.method is a block of fields, not a value (its fields: name); set one of "
      "them, e.g. --config.method.name=lora"),
     (["--config=smok:method=lora", "--workdir=WORK"],
-     "'smok' is neither a packaged config (demo, folder, smoke, vtab)"),
+     "'smok' is neither a packaged config (ade20k, demo, folder, real, smoke, smoke_seg, "
+     "vtab)"),
     (["--config=vtab:not_a_task", "--workdir=WORK"], "not_a_task"),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, args, needle):

@@ -213,7 +213,7 @@ def test_heat_jax_command_from_another_directory(tmp_path, editable):
                           capture_output=True, text=True, timeout=300)
   assert helped.returncode == 0, helped.stderr[-2000:]
   assert helped.stdout.startswith("Trains and evaluates one PETL run")
-  assert "(demo, folder, smoke, vtab)" in helped.stdout
+  assert "(ade20k, demo, folder, real, smoke, smoke_seg, vtab)" in helped.stdout
   if not editable:
     return   # one training run per install mode is enough: the editable one (CI's)
   ran = subprocess.run([str(bin_dir / "heat-jax"), "--config=smoke:method=lora",
