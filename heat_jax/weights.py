@@ -23,8 +23,8 @@ def load_weights(config: ml_collections.ConfigDict, model: Any) -> tuple[dict, d
                           "init_seed": int(config.seed)}
   if config.model.pretrained:
     path = checkpoints.resolve_checkpoint(config.model.pretrained)
+    base.update(checkpoints.provenance(config.model.pretrained))   # name, tag, hf_repo, ...
     base.update(file=os.path.basename(path), sha256=sha256_file(path),
-                **checkpoints.provenance(config.model.pretrained),
                 source=provenance.checkpoint_source(config.model.pretrained, path))
     params = checkpoints.load_pretrained(path, model, rng=init_rng, keep_head=False,
                                          interpolation=config.model.posemb_interpolation)
