@@ -47,7 +47,7 @@ def _config(train_split, epochs=1):
 def test_synthetic_task_reports_whether_val_is_held_out():
   for split, held in (("train800val200", False), ("train800", True)):
     c = _config(split)
-    task = build_task(c.data, model_family="vit", image_size=c.model.image_size)
+    task = build_task(c.data, image_size=c.model.image_size)
     assert task.val is not None
     assert (task.held_out_val() is not None) == held, split
 

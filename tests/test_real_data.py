@@ -36,7 +36,7 @@ def test_splits_are_disjoint_balanced_and_fixed(task):
   assert not (set(train) | set(val)) & set(test) and not set(train) & set(val)
   assert np.bincount(labels[train], minlength=10).min() >= 19   # ~20 per class
   assert np.bincount(labels[test], minlength=10).min() >= 45
-  t = build_task(_data(task), model_family="vit", image_size=28)
+  t = build_task(_data(task), image_size=28)
   assert (t.train.num_examples, t.val.num_examples, t.test.num_examples) == (200, 100, 500)
   assert t.info["val_in_train"] is False
   # The test split is exactly those images (grey tiled to RGB, resized to 28 px) ...
@@ -45,12 +45,12 @@ def test_splits_are_disjoint_balanced_and_fixed(task):
     np.testing.assert_array_equal(t.test.images[:5], np.repeat(raw[..., None], 3, -1))
   np.testing.assert_array_equal(t.test.labels, labels[test])
   # ... and the same on every build.
-  again = build_task(_data(task), model_family="vit", image_size=28)
+  again = build_task(_data(task), image_size=28)
   np.testing.assert_array_equal(again.train.labels, t.train.labels)
 
 
 def test_digits_values_span_the_byte_range():
-  t = build_task(_data("digits", num_test=100), model_family="vit", image_size=28)
+  t = build_task(_data("digits", num_test=100), image_size=28)
   assert t.train.images.dtype == np.uint8 and t.train.images.max() >= 250
   batch = next(t.test.batches(50))
   assert batch["image"].shape == (50, 28, 28, 3) and 0.0 <= batch["image"].min()
@@ -66,5 +66,5 @@ def test_bad_configs_fail_in_one_line(fields, words):
   c = _data("digits")
   c.update(fields)
   with pytest.raises(ConfigError, match=words) as e:
-    build_task(c, model_family="vit", image_size=28)
+    build_task(c, image_size=28)
   assert "\n" not in str(e.value)
