@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ABSL_INFO = re.compile(r"^I\d{4} [\d:.]+ +\d+ experiment\.py:\d+\] ", re.M)
+ABSL_INFO = re.compile(r"^I\d{4} [\d:.]+ +\d+ (?:experiment|loop|finalize)\.py:\d+\] ", re.M)
 
 
 def _run(args, tmp_path):
