@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from heat_jax.errors import CheckpointError
+from heat_jax.io_utils import atomic_open
+
+TIMM_HF_URL = "https://huggingface.co/timm"   # timm's checkpoints on the Hugging Face Hub
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
@@ -51,3 +54,10 @@ def read(path: str | os.PathLike, kind: str, expected: str) -> dict[str, np.ndar
     return out
   raise CheckpointError(f"{path}: {kind} checkpoints must be {expected} files, not "
                         f"{suffix or 'no suffix'!r}")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
+  """Writes a torch-style state dict as `.safetensors` (what timm loads), atomically."""
+  from safetensors.numpy import save
+  with atomic_open(path, "wb") as f:
+    f.write(save(tensors, metadata={"format": "pt"}))

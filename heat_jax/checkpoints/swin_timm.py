@@ -36,7 +36,6 @@ from heat_jax.checkpoints import state_dict
 from heat_jax.checkpoints.formats import Exporter, register_converter, register_exporter
 from heat_jax.checkpoints.registry import CheckpointInfo, register_checkpoint
 from heat_jax.errors import CheckpointError
-from heat_jax.io_utils import atomic_open
 
 TABLE = "relative_position_bias_table"
 TABLE_METHODS = ("bicubic", "bilinear", "geometric")
@@ -301,9 +300,7 @@ def to_timm(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def write_timm_safetensors(path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
   """Writes `to_timm(params)` as `.safetensors`, atomically."""
-  from safetensors.numpy import save
-  with atomic_open(path, "wb") as f:
-    f.write(save(to_timm(params), metadata={"format": "pt"}))
+  state_dict.write_safetensors(path, to_timm(params))
 
 
 register_exporter("swin", Exporter("merged.safetensors", write_timm_safetensors,
@@ -312,14 +309,13 @@ register_exporter("swin", Exporter("merged.safetensors", write_timm_safetensors,
 
 # ----------------------------------------------------------------------------- names
 
-TIMM_HF_URL = "https://huggingface.co/timm"
 MICROSOFT_URL = "https://github.com/SwinTransformer/storage/releases/download"
 
 
 def _timm(tag: str, model: str, note: str, *aliases: str) -> None:
   register_checkpoint(CheckpointInfo(
       name=f"timm/{tag}", family="swin", path=f"swin/{tag}/model.safetensors",
-      base_env="HEAT_JAX_SWIN_URL", default_base=TIMM_HF_URL, model=model, note=note,
+      base_env="HEAT_JAX_SWIN_URL", default_base=state_dict.TIMM_HF_URL, model=model, note=note,
       url_path=f"{tag}/resolve/main/model.safetensors", hf_repo=f"timm/{tag}",
       hf_filename="model.safetensors", value_range="imagenet"), tag, *aliases)
 

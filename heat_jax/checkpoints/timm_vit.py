@@ -40,7 +40,6 @@ from heat_jax.checkpoints import hf_vit, state_dict, vit_npz
 from heat_jax.checkpoints.formats import Exporter, register_converter, register_exporter
 from heat_jax.checkpoints.registry import CheckpointInfo, register_checkpoint
 from heat_jax.errors import CheckpointError
-from heat_jax.io_utils import atomic_open
 
 POSEMB = vit_npz.POSEMB
 ATTN = "MultiHeadDotProductAttention_0"
@@ -269,9 +268,7 @@ def _not_exportable(key: str) -> CheckpointError:
 
 def write_timm_safetensors(path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
   """Writes `to_timm(params)` as `.safetensors`, atomically."""
-  from safetensors.numpy import save
-  with atomic_open(path, "wb") as f:
-    f.write(save(to_timm(params), metadata={"format": "pt"}))
+  state_dict.write_safetensors(path, to_timm(params))
 
 
 register_exporter("timm_vit", Exporter("merged.safetensors", write_timm_safetensors,
@@ -280,7 +277,6 @@ register_exporter("timm_vit", Exporter("merged.safetensors", write_timm_safetens
 
 # ----------------------------------------------------------------------------- names
 
-TIMM_HF_URL = "https://huggingface.co/timm"
 
 
 def _hub(tag: str, model: str, value_range: str, note: str, *aliases: str,
@@ -289,7 +285,7 @@ def _hub(tag: str, model: str, value_range: str, note: str, *aliases: str,
   repo_tag = repo_tag or tag
   register_checkpoint(CheckpointInfo(
       name=f"timm/{tag}", family="timm_vit", path=f"timm_vit/{repo_tag}/model.safetensors",
-      base_env="HEAT_JAX_TIMM_URL", default_base=TIMM_HF_URL, model=model, note=note,
+      base_env="HEAT_JAX_TIMM_URL", default_base=state_dict.TIMM_HF_URL, model=model, note=note,
       url_path=f"{repo_tag}/resolve/main/model.safetensors", hf_repo=f"timm/{repo_tag}",
       hf_filename="model.safetensors", value_range=value_range),
       f"hf-hub:timm/{tag}", tag, *aliases)
