@@ -27,7 +27,24 @@ def _session_compilation_cache() -> None:
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 
+def _fast_test_compiles() -> None:
+  """Tests compile far more than they run: LLVM's optimisation passes are a large part of
+  each XLA CPU compile of the tiny test models, and skipping them cuts a compile-bound
+  test's time by about a quarter (matmuls and convolutions still run in Eigen / oneDNN).
+  XLA's HLO passes (fusion, layout) are unchanged, but unoptimised code does not contract
+  multiply-adds into FMAs, so results differ from a default build in the last bits: every
+  test compares against an independent reference within a tolerance, and the one that
+  reproduces an asset made with default flags (test_demo) runs its tool without this
+  flag. Applies to the test session and its subprocesses; set XLA_FLAGS to override.
+  """
+  flag = "--xla_backend_optimization_level"
+  flags = os.environ.get("XLA_FLAGS", "")
+  if flag not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}=0".strip()
+
+
 _session_compilation_cache()  # before anything imports jax (it reads these at import)
+_fast_test_compiles()
 
 import pytest  # noqa: E402
 

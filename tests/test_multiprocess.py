@@ -86,14 +86,15 @@ def _free_port() -> int:
 
 
 def _env(tmp_path, xla_cache, devices=1):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ)  # keeps the session's XLA_FLAGS (conftest: fast test compiles)
   env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
              HEAT_JAX_NO_TENSORBOARD="1", HEAT_JAX_CACHE=str(tmp_path / "cache"),
              JAX_COMPILATION_CACHE_DIR=str(xla_cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
   if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={devices}")
   return env
 
 
