@@ -8,18 +8,23 @@ backbone / hst side network / neck / decoder / auxiliary head.
 
 Step: one jitted, donated `Trainer` step (AdamW, the method's mask, the segmentation
 loss with the auxiliary head) on a random batch at `--step_size` (the full 512 setting
-does not fit this 2-core CPU's time); reports the compile time and the median of
-`--steps` steps after one warm-up step.
+does not fit this 2-core CPU's time); reports the compile time, the median of
+`--steps` steps after one warm-up step, the step's FLOPs and bytes (`cost_analysis`)
+and the floor they set on this machine: `mm_limit_s` = FLOPs / the measured large-matmul
+rate, `mem_limit_s` = bytes / the measured copy bandwidth (`bench/step.py`'s probe).
 
   python bench/seg_cost.py                        # counts at 512 + steps at 128 px
   python bench/seg_cost.py --step_model ViT-B_16 --step_size 128 --batch 2 --steps 3
+  python bench/seg_cost.py --steps 2 --step_size 512 --batch 1 --step_methods linear
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import jax
@@ -101,19 +106,27 @@ def step_cost(method_name: str, decoder: str, model: str, size: int, batch: int,
           "label": r.integers(0, classes, (batch, size, size)).astype(np.int32),
           "mask": np.ones((batch,), np.float32)}
   s = trainer.initial_state()
+  device_batch = trainer.put_batch(data)
   tic = time.time()
-  s, m = trainer.train_step(s, data)
-  jax.block_until_ready(m["loss"])
+  compiled = trainer._train_step.lower(s, trainer.frozen, device_batch).compile()
   compile_s = time.time() - tic
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, list) else cost) or {}
+  tic = time.time()
+  s, m = compiled(s, trainer.frozen, device_batch)   # warm-up (the step is donated)
+  jax.block_until_ready(m["loss"])
+  first_s = time.time() - tic
   times = []
   for _ in range(steps):
     tic = time.time()
-    s, m = trainer.train_step(s, data)
+    s, m = compiled(s, trainer.frozen, device_batch)
     jax.block_until_ready(m["loss"])
     times.append(time.time() - tic)
   return {"method": method_name, "decoder": decoder, "model": model, "size": size,
-          "batch": batch, "first_step_s": round(compile_s, 2),
-          "step_s": round(statistics.median(times), 3)}
+          "batch": batch, "compile_s": round(compile_s, 2), "first_step_s": round(first_s, 2),
+          "step_s": round(statistics.median(times), 3),
+          "gflop": round(float(cost.get("flops", float("nan"))) / 1e9, 1),
+          "gbyte": round(float(cost.get("bytes accessed", float("nan"))) / 1e9, 2)}
 
 
 def main() -> None:
@@ -140,9 +153,17 @@ def main() -> None:
           f"{r.get('decode head', 0):,} | {r.get('aux head', 0):,} |")
   steps = []
   if a.steps > 0:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from step import machine_rates   # bench/step.py: the matmul / copy probe
+    rates = machine_rates(2048, jnp.float32)
+    print(json.dumps({"matmul_gflop_s": round(rates["matmul_flops"] / 1e9, 1),
+                      "copy_gbyte_s": round(rates["copy_bytes_s"] / 1e9, 1)}), flush=True)
     for m in a.step_methods.split(","):
-      steps.append(step_cost(m, "upernet", a.step_model, a.step_size, a.batch, a.steps,
-                             a.classes))
+      row = step_cost(m, "upernet", a.step_model, a.step_size, a.batch, a.steps, a.classes)
+      row["mm_limit_s"] = round(row["gflop"] * 1e9 / rates["matmul_flops"], 3)
+      row["mem_limit_s"] = round(row["gbyte"] * 1e9 / rates["copy_bytes_s"], 3)
+      row["of_limit"] = round(max(row["mm_limit_s"], row["mem_limit_s"]) / row["step_s"], 3)
+      steps.append(row)
       print(json.dumps(steps[-1]), flush=True)
   if a.out:
     with open(a.out, "w") as f:

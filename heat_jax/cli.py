@@ -296,3 +296,7 @@ def main(argv: Sequence[str], default_config: Optional[str] = None) -> int:
   except SystemExit as e:
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   return 0
+
+
+if __name__ == "__main__":   # `python -m heat_jax.cli`: a sweep's jobs when installed
+  run()

@@ -1,14 +1,16 @@
 """VTAB-1k sweeps, run in parallel, and the results table.
 
   python -m heat_jax.sweep --tasks=all --methods=heat,lora --seeds=0,1,2 --workdir=DIR \\
-      [--parallel=8] [--config_args=rank=4,epochs=50] [--config=configs/vtab.py]
+      [--parallel=8] [--config_args=rank=4,epochs=50] [--config=vtab]
   python -m heat_jax.sweep --workdir=DIR --collect_only      # only rebuild the tables
 
 Every (task, method, seed) is one job in its own process, exactly the command a user
 would type:
 
-  python run.py --config=<config>:task=<task>,method=<method>,<config_args> \\
+  heat-jax --config=<config>:task=<task>,method=<method>,<config_args> \\
       --config.seed=<seed> --workdir=DIR/<task>/<method>/seed<seed>
+
+(run as `python run.py` from a source checkout, else as `python -m heat_jax.cli`)
 
 with its output appended to DIR/<task>/<method>/seed<seed>/log.txt. Up to --parallel
 jobs run at once: on a GPU host each job sees its own share of the visible GPUs
@@ -23,22 +25,22 @@ code is 0 when every job finished, 1 when some failed, 2 for bad flags or config
 SIGTERM to the sweep (a preempted VM) is passed on to the running jobs, which save a
 checkpoint and exit 75; they are recorded as interrupted, not failed; the sweep exits 75.
 
---config picks the config file (default configs/vtab.py); the job's task and method go
-into its `:args` and the seed into `config.seed`, so any config built on
-`configs.common.base_config` with `task` and `method` arguments works, e.g.
-configs/smoke.py (a random ViT-micro on synthetic tasks, seconds per job):
+--config picks the config: a packaged name as for heat-jax (default `vtab`; `smoke`,
+...) or a file; the job's task and method go into its `:args` and the seed into
+`config.seed`, so any config built on `base_config` with `task` and `method`
+arguments works, e.g. `smoke` (a random ViT-micro on synthetic tasks, seconds per job):
 
-  python -m heat_jax.sweep --config=configs/smoke.py --tasks=texture,count \\
+  python -m heat_jax.sweep --config=smoke --tasks=texture,count \\
       --methods=heat,linear --seeds=0 --workdir=/tmp/smoke_sweep --parallel=2
 
 `--tasks` accepts `all` and the group names natural, specialized and structured (the
-VTAB-1k task ids); task ids are checked against VTAB-1k only for configs/vtab.py.
+VTAB-1k task ids); task ids are checked against VTAB-1k only for the vtab config.
 The run directory does not encode --config_args: use one DIR per setting.
 
 Tuned protocol (`--grid`, repeatable: the grid is the product of the flags, the first
 flag varying slowest):
 
-  python -m heat_jax.sweep --config=configs/smoke.py --tasks=texture,count \
+  python -m heat_jax.sweep --config=smoke --tasks=texture,count \
       --methods=heat,lora --seeds=0,1 --grid=optim.lr=1e-3,1e-2 --workdir=DIR
 
   1. tune: every grid point of every (task, method) trains on the tuning splits
@@ -74,7 +76,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app, flags
 
-from heat_jax import absl_cli, preemption
+from heat_jax import absl_cli, config_names, preemption
 from heat_jax.data.splits import tuning_splits
 from heat_jax.data.vtab_tasks import GROUPS, TASK_NAMES, TASKS, tasks_in_group
 from heat_jax.errors import ConfigError, UserError
@@ -82,7 +84,7 @@ from heat_jax.io_utils import read_json, write_json
 from heat_jax.methods import available_methods
 from heat_jax.sweep_table import FAILED_FILE, LOG_FILE, RESULTS_FILE, collect
 
-DEFAULT_CONFIG = "configs/vtab.py"
+DEFAULT_CONFIG = "vtab"   # the packaged config (heat_jax/configs/vtab.py)
 TUNE_DIR = "tune"
 RECIPES_FILE = "recipes.json"
 Runner = Callable[[Any, str], Any]
@@ -105,7 +107,8 @@ STOP_GRACE_S = 60.0
 
 
 def repo_root() -> Path:
-  """The source checkout holding `run.py` and `configs/` (the sweep needs both)."""
+  """The folder above the package: a source checkout (with `run.py` and `configs/`) or,
+  installed, site-packages."""
   return Path(__file__).resolve().parents[1]
 
 
@@ -152,19 +155,24 @@ def parse_methods(spec: str) -> list[str]:
 
 
 def resolve_config(path: str | Path) -> Path:
-  """The config file, relative to the current directory or to the repository root."""
+  """The config file: a packaged config name (`vtab`, `smoke`, ...), or a file relative to
+  the current directory or to the checkout."""
   if ":" in str(path):
-    raise ConfigError(f"--config={path}: give only the file; the sweep sets task, method "
-                      "and seed, and --config_args adds the other arguments")
+    raise ConfigError(f"--config={path}: give only the config; the sweep sets task, "
+                      "method and seed, and --config_args adds the other arguments")
+  if config_names.is_name(str(path)) and not Path(path).is_file():
+    return Path(config_names.resolve(str(path))).resolve()   # ConfigError when unknown
   for candidate in (Path(path), repo_root() / path):
     if candidate.is_file():
       return candidate.resolve()
-  raise ConfigError(f"--config={path}: no such file; e.g. --config=configs/vtab.py or "
-                    "--config=configs/smoke.py")
+  raise ConfigError(f"--config={path}: no such file; e.g. --config=vtab, --config=smoke "
+                    "(packaged configs) or --config=path/to/my_config.py")
 
 
 def is_vtab_config(path: str | Path) -> bool:
-  return resolve_config(path) == (repo_root() / DEFAULT_CONFIG).resolve()
+  """Whether `path` is the VTAB-1k config (packaged, or the checkout's configs/vtab.py)."""
+  return resolve_config(path) in (config_names.config_dir().resolve() / "vtab.py",
+                                  (repo_root() / "configs" / "vtab.py").resolve())
 
 
 def load_get_config(path: str | Path) -> Callable[[str], Any]:
@@ -181,7 +189,8 @@ def load_get_config(path: str | Path) -> Callable[[str], Any]:
     raise ConfigError(f"cannot load {path}: {e}; run the sweep from the heat_jax repository "
                       "root") from None
   if not callable(getattr(module, "get_config", None)):
-    raise ConfigError(f"{path} has no get_config(arg); pass a config file like configs/vtab.py")
+    raise ConfigError(f"{path} has no get_config(arg); pass a config like --config=vtab "
+                      "or a file defining get_config(arg)")
   return module.get_config
 
 
@@ -450,8 +459,11 @@ def _record_failure(job: Job, error: str, exit_code: Optional[int]) -> None:
 
 
 def job_command(job: Job, config: str | Path) -> list[str]:
-  """The run.py command line of one job."""
-  cmd = [sys.executable, str(repo_root() / "run.py"),
+  """The command line of one job: the checkout's run.py, or (installed) the `heat-jax`
+  command's module; both are `heat_jax.cli`."""
+  run_py = repo_root() / "run.py"
+  program = [str(run_py)] if run_py.is_file() else ["-m", "heat_jax.cli"]
+  cmd = [sys.executable, *program,
          f"--config={resolve_config(config)}:{job.arg}", f"--config.seed={job.seed}",
          f"--workdir={job.out.resolve()}"]
   cmd += [f"--config.{field}={value}" for field, value in job.overrides]
@@ -647,9 +659,6 @@ def execute(jobs: Sequence[Job], *, parallel: int = 1, fail_fast: bool = False,
     return []
   if runner is not None:
     return _run_in_process(todo, runner, fail_fast)
-  if not (repo_root() / "run.py").is_file():
-    raise ConfigError(f"the sweep runs each job with run.py, which is not in {repo_root()}; "
-                      "run it from a heat_jax source checkout")
   slots = device_slots(parallel, visible_gpus() if parallel > 1 else [],
                        tpu=parallel > 1 and is_tpu_host())
   return _run_subprocesses(todo, slots, config, fail_fast)
@@ -669,9 +678,10 @@ flags.DEFINE_string("seeds", "0,1,2", "Comma-separated integer seeds (config.see
 flags.DEFINE_string("workdir", None, "Sweep directory: runs go to "
                     "<workdir>/<task>/<method>/seed<k>, tables to <workdir>/results.md and "
                     "results.csv. Required.", flag_values=FLAGS)
-flags.DEFINE_string("config", DEFAULT_CONFIG, "Config file of every job; the sweep adds "
+flags.DEFINE_string("config", DEFAULT_CONFIG, "Config of every job: a packaged name "
+                    f"({', '.join(config_names.available())}) or a file; the sweep adds "
                     "task=<task>,method=<method> to its args and sets config.seed. E.g. "
-                    "configs/smoke.py for a seconds-long check.", flag_values=FLAGS)
+                    "smoke for a seconds-long check.", flag_values=FLAGS)
 flags.DEFINE_string("config_args", "", "More args of the config file for every job, e.g. "
                     "rank=4,epochs=50 (not task, method or seed).", flag_values=FLAGS)
 flags.DEFINE_integer("parallel", 1, "Jobs at once, each in its own process: on GPUs each "

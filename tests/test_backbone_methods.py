@@ -61,6 +61,32 @@ def test_method_trains_on_backbone(tiny_config, tmp_path, method, family):
     assert heads.shape == (2, 2) and heads.sum() == 2
 
 
+def test_merged_safetensors_loads_back_as_the_same_model(tmp_path, caplog):
+  """A timm-layout merged file (merged.safetensors) keeps its classifier through
+  `load_pretrained` when the class count fits, so it gives the exported model's logits; for
+  another class count (or keep_head=False, what training runs use) the head is fresh."""
+  import logging
+  model = create_model("timm-gap-micro", 3)
+  params = checkpoints.init_params(model, rng=jax.random.key(0))
+  rng = np.random.default_rng(1)   # every parameter moved, the zero-initialised head too
+  params = jax.tree.map(lambda p: np.asarray(p) + 0.1 * rng.standard_normal(p.shape)
+                        .astype(np.float32), params)
+  path = tmp_path / "merged.safetensors"
+  artifacts.export_merged(str(path), model, params)
+  x = rng.uniform(-1, 1, (2, model.image_size, model.image_size, 3)).astype(np.float32)
+  want = np.asarray(model.apply({"params": params}, x))
+  again = checkpoints.load_pretrained(path, model)
+  np.testing.assert_allclose(np.asarray(model.apply({"params": again}, x)), want,
+                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(again["head"]["kernel"], params["head"]["kernel"])
+  caplog.set_level(logging.INFO, logger="absl")
+  other = checkpoints.load_pretrained(path, create_model("timm-gap-micro", 5))
+  assert other["head"]["kernel"].shape[-1] == 5
+  assert "its classifier (3 classes) does not fit the model's 5 classes" in caplog.text
+  fresh = checkpoints.load_pretrained(path, model, keep_head=False)
+  assert not np.array_equal(fresh["head"]["kernel"], params["head"]["kernel"])
+
+
 @pytest.fixture
 def timm_kwargs():
   """timm constructor arguments of the tiny registered layouts (the test's own map)."""

@@ -79,6 +79,27 @@ def test_peft_model_gives_heat_jax_logits(cli_run, hf_stack, tmp_path, args):
   assert np.abs(plain - want).max() > 10 * TOL   # the adapter carries the LoRA update
 
 
+def test_base_folder_loads_back_into_heat_jax_with_the_runs_head(cli_run, tmp_path):
+  """D/base/model.safetensors (a ViTForImageClassification) read by heat_jax's loader is
+  the run's frozen backbone and its trained classifier (`classifier.*` kept as the head
+  when it fits), not a fresh head; the LoRA update is only in D/adapter."""
+  from heat_jax import artifacts, checkpoints, model_spec
+  from heat_jax.training import partition
+  work, _ = cli_run(*LORA)
+  proc = _export(work, tmp_path / "hf")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _, variables = artifacts.load_adapter(str(work))
+  meta = artifacts.read_adapter_json(str(work))
+  plain = model_spec.model_from_spec({**meta["model"], "extensions": []})
+  loaded = partition.flatten(checkpoints.load_pretrained(
+      str(tmp_path / "hf" / "base" / "model.safetensors"), plain))
+  run = partition.flatten(variables["params"])
+  assert np.abs(run["head/kernel"]).max() > 1e-3   # trained, unlike a fresh (zero) head
+  for key, value in loaded.items():
+    np.testing.assert_allclose(value, run[key], atol=1e-7, err_msg=key)
+  assert len(run) > len(loaded) and any("lora" in k for k in set(run) - set(loaded))
+
+
 def test_refuses_a_run_without_lora(cli_run, tmp_path):
   work, _ = cli_run("--config=configs/smoke.py:method=linear", "--config.train.max_steps=1")
   proc = _export(work, tmp_path / "hf")

@@ -214,7 +214,17 @@ def test_heat_jax_command_from_another_directory(tmp_path, editable):
   assert helped.returncode == 0, helped.stderr[-2000:]
   assert helped.stdout.startswith("Trains and evaluates one PETL run")
   assert "(ade20k, demo, folder, real, smoke, smoke_seg, vtab)" in helped.stdout
-  if not editable:
+  if not editable:   # the sweep of an installed package: packaged names, no run.py
+    swept = subprocess.run([str(bin_dir / "python"), "-m", "heat_jax.sweep", "--config=smoke",
+                            "--tasks=texture", "--methods=linear", "--seeds=0",
+                            "--config_args=model=ViT-micro", "--workdir=s"], cwd=elsewhere,
+                           env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    log = (elsewhere / "s" / "texture" / "linear" / "seed0" / "log.txt").read_text()
+    assert " -m heat_jax.cli --config=" in log, log[:2000]
+    assert json.loads((elsewhere / "s" / "texture" / "linear" / "seed0" / "results.json")
+                      .read_text())["method"] == "linear"
     return   # one training run per install mode is enough: the editable one (CI's)
   ran = subprocess.run([str(bin_dir / "heat-jax"), "--config=smoke:method=lora",
                         "--config.train.max_steps=2", "--config.train.progress=False",

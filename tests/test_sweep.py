@@ -236,8 +236,27 @@ def test_cli_parsing():
     sweep.parse_seeds("a")
   with pytest.raises(ConfigError, match="no such file"):
     sweep.resolve_config("configs/nope.py")
-  with pytest.raises(ConfigError, match="only the file"):
+  with pytest.raises(ConfigError, match="only the config"):
     sweep.resolve_config("configs/vtab.py:dtd")
+
+
+def test_packaged_config_names_work_as_for_heat_jax(tmp_path, monkeypatch):
+  """--config=smoke / vtab (the default) name the packaged files; outside a checkout (no
+  run.py beside the package) a job runs as `python -m heat_jax.cli`."""
+  from heat_jax import config_names
+  packaged = config_names.config_dir().resolve()
+  assert sweep.resolve_config("smoke") == packaged / "smoke.py"
+  assert sweep.resolve_config(sweep.DEFAULT_CONFIG) == packaged / "vtab.py"
+  assert sweep.is_vtab_config("vtab") and sweep.is_vtab_config("configs/vtab.py")
+  assert not sweep.is_vtab_config("smoke")
+  with pytest.raises(ConfigError, match="neither a packaged config"):
+    sweep.resolve_config("smok")
+  job = sweep.plan(["texture"], ["lora"], [0], tmp_path, config="smoke")[0]
+  assert sweep.job_command(job, "smoke")[1:3] == [str(sweep.repo_root() / "run.py"),
+                                                  f"--config={packaged / 'smoke.py'}:{job.arg}"]
+  monkeypatch.setattr(sweep, "repo_root", lambda: tmp_path)   # an installed package
+  assert sweep.job_command(job, "smoke")[1:4] == ["-m", "heat_jax.cli",
+                                                  f"--config={packaged / 'smoke.py'}:{job.arg}"]
 
 
 def test_cli_collect_only_and_bad_flags(tmp_path, capsys):

@@ -235,6 +235,11 @@ def _file_head(loaded: dict[str, np.ndarray], template: dict[str, Any],
   from absl import logging
   have = np.shape(loaded.get("head/bias", ()))
   want = tuple(template["head/bias"].shape) if "head/bias" in template else ()
+  if have == want and "head/kernel" in template:   # same classes, other input features
+    logging.info(f"{source}: its classifier reads {np.shape(loaded['head/kernel'])[0]} "
+                 f"features, the model's {template['head/kernel'].shape[0]}; the head is "
+                 "initialised afresh")
+    return {}
   logging.info(f"{source}: its classifier ({have[0] if have else '?'} classes) does not "
                f"fit the model's {want[0] if want else '?'} classes; the head is "
                "initialised afresh")

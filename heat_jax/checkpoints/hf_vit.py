@@ -12,7 +12,10 @@ The names go through timm's layout (`to_timm`), so one converter
                                                   position row folded into it, as
                                                   timm converts DINOv2-reg)
   embeddings.patch_embeddings.projection          patch_embed.proj
-  embeddings.mask_token, pooler.*, classifier.*   dropped (masked pre-training / heads)
+  classifier.{weight,bias} (*ForImageClassification)   head.{weight,bias} (kept by
+                                                  `load_pretrained` when its shapes fit:
+                                                  an `export_hf` base loads as its run)
+  embeddings.mask_token, pooler.*                 dropped (masked pre-training)
   encoder.layer.N.attention.attention.{query,key,value}   blocks.N.attn.qkv (stacked)
   encoder.layer.N.attention.output.dense          blocks.N.attn.proj
   Dinov2: norm1, norm2, mlp.fc1, mlp.fc2, layer_scale{1,2}.lambda1
@@ -55,7 +58,8 @@ _LAYER = {
 _QKV = {"attention.attention.query": "query", "attention.attention.key": "key",
         "attention.attention.value": "value", "attention.q_proj": "query",
         "attention.k_proj": "key", "attention.v_proj": "value"}
-_DROPPED = ("embeddings.mask_token", "pooler.", "classifier.")
+_DROPPED = ("embeddings.mask_token", "pooler.")
+_CLASSIFIER = "classifier."   # *ForImageClassification: top level, beside the vit. prefix
 
 
 def is_hf_vit(state: dict[str, Any]) -> bool:
@@ -63,10 +67,13 @@ def is_hf_vit(state: dict[str, Any]) -> bool:
 
 
 def strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
-  """Drops the `dinov2.` / `vit.` prefix of a *ForImageClassification file."""
+  """Drops the `dinov2.` / `vit.` prefix of a *ForImageClassification file (its
+  top-level `classifier.*` is kept as is)."""
   for prefix in _PREFIXES:
     if f"{prefix}{PATCH}" in state:
-      return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+      out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+      out.update({k: v for k, v in state.items() if k.startswith(_CLASSIFIER)})
+      return out
   raise CheckpointError(f"no '{PATCH}': this is not a Hugging Face ViTModel / Dinov2Model "
                         "state dict")
 
@@ -81,7 +88,9 @@ def to_timm(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   for key, value in state.items():
     if key.startswith(_DROPPED):
       continue
-    if key == "embeddings.cls_token":
+    if key in ("classifier.weight", "classifier.bias"):
+      out["head." + key.rsplit(".", 1)[1]] = value   # same Linear layout as timm's head
+    elif key == "embeddings.cls_token":
       out["cls_token"] = value
     elif key == "embeddings.position_embeddings":
       out["pos_embed"] = value
@@ -132,7 +141,8 @@ def params_from_hf(state: dict[str, np.ndarray], model: Any, *,
     image_size: the size the model runs at (default `model.image_size`).
     interpolation: posemb resize: `auto` = `bicubic` (what transformers 5.x computes at
       run time), `bicubic_legacy_hf`, or any of `heat_jax.resize.METHODS`.
-    rng: initialises the (always fresh) classifier and extension parameters.
+    rng: initialises the classifier and extension parameters (a file's classifier is
+      not used here; `load_pretrained` keeps one that fits).
 
   Raises:
     CheckpointError: listing every missing, unexpected and wrong-shaped parameter.

@@ -13,7 +13,10 @@ Reading (`to_canonical`, `convert`):
   blocks.{i}.ls1.gamma / ls2.gamma   -> .../LayerScale_0/scale / LayerScale_1/scale
   blocks.{i}.mlp.fc1 / fc2           -> .../MlpBlock_0/Dense_0 / Dense_1
   norm / fc_norm                     -> Transformer/encoder_norm / fc_norm
-  head.*                             -> dropped (the classifier is always fresh)
+  head.{weight,bias} (Linear)        -> head/{kernel,bias}: `load_pretrained` keeps it when
+                                        its shapes fit the model (a merged export loads as
+                                        its run); training runs always start a fresh head
+  head_drop.*, other head.*          -> dropped
 
 The position embedding is resized the way timm does on load (`checkpoint_filter_fn`:
 prefix rows kept apart, the grid resampled bicubic with antialias; `bicubic_aa`
@@ -48,6 +51,7 @@ _BLOCK = {"norm1": "LayerNorm_0", "norm2": "LayerNorm_1", "mlp.fc1": "MlpBlock_0
 _TOP = {"patch_embed.proj": "embedding", "norm_pre": "Transformer/norm_pre",
         "norm": "Transformer/encoder_norm", "fc_norm": "fc_norm"}
 _DROPPED = ("head.", "head_drop.", "mask_token")
+_HEAD = {"head.weight": "head/kernel", "head.bias": "head/bias"}   # timm's Linear classifier
 
 
 def is_timm_vit(state: dict[str, Any]) -> bool:
@@ -68,7 +72,8 @@ def _leaf(module_path: str, leaf: str, value: np.ndarray) -> tuple[str, np.ndarr
 
 
 def to_canonical(state: dict[str, np.ndarray], num_heads: int) -> dict[str, np.ndarray]:
-  """Renames a timm ViT state dict to canonical names (no resizing, head dropped)."""
+  """Renames a timm ViT state dict to canonical names (no resizing; a Linear head is
+  `head/*`, for the loader to keep or drop)."""
   if not is_timm_vit(state):
     raise CheckpointError("this file has no 'patch_embed.proj.weight' / 'blocks.*' keys: "
                           "it is not a timm VisionTransformer state dict")
@@ -77,6 +82,9 @@ def to_canonical(state: dict[str, np.ndarray], num_heads: int) -> dict[str, np.n
     value = np.asarray(value)
     if np.issubdtype(value.dtype, np.floating):
       value = value.astype(np.float32)
+    if key in _HEAD and value.ndim == (2 if key.endswith("weight") else 1):
+      out[_HEAD[key]] = value.T if value.ndim == 2 else value   # Linear (out, in) -> Dense
+      continue
     if key.startswith(_DROPPED):
       continue
     if key in ("cls_token", "reg_token", "pos_embed"):
