@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.common import base_config
+from heat_jax.configs.common import base_config
 from heat_jax.experiment import build_model
 from heat_jax.methods import MethodContext, get_method
 from heat_jax.tasks import get_task_kind

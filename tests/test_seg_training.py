@@ -81,19 +81,16 @@ def test_hst_with_semantic_fpn_beats_the_majority_class(tmp_path):
   assert (pred[keep] == labels[0][keep]).mean() > 0.5     # mostly right
 
 
-def _reference_seg_loss(model, params, model_state, image, label, num_classes, aux_weight):
-  """Mean cross-entropy over labelled pixels plus aux_weight x the auxiliary head's,
-  written out here independently of heat_jax.segmentation and the task kind."""
+def _reference_seg_loss(model, params, model_state, image, label, num_classes):
+  """Mean cross-entropy over labelled pixels of the eval-mode model (whose output is the
+  main head alone: the auxiliary FCN head is a training-time branch), written out here
+  independently of heat_jax.segmentation and the task kind."""
   logits = model.apply({"params": params, **model_state}, image, train=False)
-  logits = logits.astype(jnp.float32)
+  assert logits.shape[-1] == num_classes   # eval mode: no auxiliary channels
   valid = (label != 255).astype(jnp.float32)
   onehot = jax.nn.one_hot(jnp.where(label == 255, 0, label), num_classes)
-  total = 0.0
-  for part, weight in ((logits[..., :num_classes], 1.0),
-                       (logits[..., num_classes:], aux_weight)):
-    nll = -(jax.nn.log_softmax(part, axis=-1) * onehot).sum(-1)
-    total = total + weight * (nll * valid).sum() / valid.sum()
-  return total
+  nll = -(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1) * onehot).sum(-1)
+  return (nll * valid).sum() / valid.sum()
 
 
 def _reference_head_scores(grads, params, layers):
@@ -113,9 +110,9 @@ def _reference_head_scores(grads, params, layers):
 
 
 def test_heat_scores_heads_through_the_segmentation_loss_and_trains_only_them(tmp_path):
-  """HEAT on a segmentation task end to end: TIS is the gradient of the per-pixel loss
-  (with the auxiliary head's share) through the fresh decoder, checked against a loss and
-  per-head sums written out here; training then changes only the selected heads (and the
+  """HEAT on a segmentation task end to end: TIS is the gradient of the per-pixel loss of
+  the eval-mode model through the fresh decoder, checked against a loss and per-head sums
+  written out here; training then changes only the selected heads (and the
   decoder); results.json holds test_miou / test_pixel_acc."""
   from heat_jax import artifacts
   config = get_config("method=heat,decoder=upernet,steps=4")
@@ -138,7 +135,7 @@ def test_heat_scores_heads_through_the_segmentation_loss_and_trains_only_them(tm
   for batch in batches:
     assert np.all(batch["mask"] == 1)   # full batches: each weighs the same
     g = grad(model, before, model_state, batch["image"], batch["label"],
-             config.data.num_classes, float(config.seg.aux_weight))
+             config.data.num_classes)
     want += _reference_head_scores(g, before, scores.shape[0]) / len(batches)
   np.testing.assert_allclose(scores, want, rtol=2e-3, atol=1e-6 * np.abs(want).max())
 
