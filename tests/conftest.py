@@ -30,9 +30,9 @@ def _session_compilation_cache() -> None:
 def _fast_test_compiles() -> None:
   """Tests compile far more than they run: LLVM's optimisation passes are a large part of
   each XLA CPU compile of the tiny test models, and skipping them cuts a compile-bound
-  test's time by about a quarter (matmuls and convolutions still run in Eigen / oneDNN).
-  XLA's HLO passes (fusion, layout) are unchanged, but unoptimised code does not contract
-  multiply-adds into FMAs, so results differ from a default build in the last bits: every
+  test's time by about a fifth (matmuls and convolutions still run in Eigen / oneDNN).
+  XLA's HLO passes (fusion, layout) are unchanged, but the generated code rounds
+  differently in the last bits, so results differ from a default build by rounding: every
   test compares against an independent reference within a tolerance, and the one that
   reproduces an asset made with default flags (test_demo) runs its tool without this
   flag. Applies to the test session and its subprocesses; set XLA_FLAGS to override.
