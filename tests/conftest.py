@@ -37,10 +37,20 @@ def _fast_test_compiles() -> None:
   reproduces an asset made with default flags (test_demo) runs its tool without this
   flag. Applies to the test session and its subprocesses; set XLA_FLAGS to override.
   """
-  flag = "--xla_backend_optimization_level"
   flags = os.environ.get("XLA_FLAGS", "")
-  if flag not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {flag}=0".strip()
+  if FAST_COMPILES not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILES}=0".strip()
+
+
+FAST_COMPILES = "--xla_backend_optimization_level"
+
+
+def subprocess_xla_flags(*extra: str, fast_compiles: bool = True) -> str:
+  """XLA_FLAGS for a test's subprocess: the session's flags (without the fast-compile one
+  when `fast_compiles=False`) plus `extra`, e.g. a host device count."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if fast_compiles or not f.startswith(FAST_COMPILES)]
+  return " ".join([*flags, *extra])
 
 
 _session_compilation_cache()  # before anything imports jax (it reads these at import)

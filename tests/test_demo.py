@@ -142,10 +142,11 @@ def test_packaged_backbone_is_what_the_pretraining_makes(tmp_path):
   root = Path(__file__).resolve().parents[1]
   # The tool as a user runs it, with XLA's default code generation (conftest's test-only
   # flag changes the rounding of fused multiply-adds, which 1500 steps amplify).
-  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                   if not f.startswith("--xla_backend_optimization_level"))
+  from tests.conftest import subprocess_xla_flags
   proc = subprocess.run([sys.executable, str(root / "tools" / "make_demo_backbone.py"),
-                         str(tmp_path)], env={**os.environ, "XLA_FLAGS": flags},
+                         str(tmp_path)],
+                        env={**os.environ,
+                             "XLA_FLAGS": subprocess_xla_flags(fast_compiles=False)},
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   made = tmp_path / "demo_backbone.npz"

@@ -93,8 +93,9 @@ def _env(tmp_path, xla_cache, devices=1):
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
   if devices > 1:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                        + f" --xla_force_host_platform_device_count={devices}")
+    from tests.conftest import subprocess_xla_flags
+    env["XLA_FLAGS"] = subprocess_xla_flags(
+        f"--xla_force_host_platform_device_count={devices}")
   return env
 
 

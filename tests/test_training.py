@@ -235,8 +235,9 @@ def test_data_parallel_mesh_matches_single_device(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   outs = {}
   for n in (1, 2):
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
-                                        + f" --xla_force_host_platform_device_count={n}"),
+    from tests.conftest import subprocess_xla_flags
+    env = {**os.environ,
+           "XLA_FLAGS": subprocess_xla_flags(f"--xla_force_host_platform_device_count={n}"),
            "HEAT_JAX_NO_TENSORBOARD": "1"}
     work = tmp_path / f"d{n}"
     proc = subprocess.run(
