@@ -37,6 +37,7 @@ from typing import Any, Iterator, Optional
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from heat_jax import artifacts, experiment, logs
 from heat_jax.errors import ConfigError
@@ -127,6 +128,22 @@ def pretrained_backbone(config: ml_collections.ConfigDict, *, packaged: bool = T
     return str(path)
   check_pretrain(p)
   logging.info(f"pretraining the demo backbone ({p.steps} steps, once; cached at {path})")
+  pre = pretraining_config(config)
+  workdir = str(cache_dir("demo") / f"pretrain-{key}")
+  shutil.rmtree(workdir, ignore_errors=True)   # leftovers of an interrupted pretraining
+  results = experiment.run(pre, workdir)
+  logging.info(f"pretraining accuracy on held-out mixture: {results['test_top1']:.3f}")
+  write_json(info_path, {"test_top1": results["test_top1"], "steps": results["steps"],
+                         "wall_time_s": results["wall_time_s"], "pretrain": p.to_dict()})
+  os.replace(os.path.join(workdir, merged), path)
+  shutil.rmtree(workdir, ignore_errors=True)
+  return str(path)
+
+
+def pretraining_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run config of the demo backbone's pretraining (`config.pretrain`): full
+  fine-tuning of a fresh model on the synthetic pre-training mixture."""
+  p = config.pretrain
   pre = copy.deepcopy(config.base)
   pre.method.name = "full"
   pre.model.pretrained = ""
@@ -150,15 +167,42 @@ def pretrained_backbone(config: ml_collections.ConfigDict, *, packaged: bool = T
   pre.optim.lr = p.lr
   pre.optim.warmup_epochs = 1
   pre.optim.weight_decay = p.weight_decay
-  workdir = str(cache_dir("demo") / f"pretrain-{key}")
-  shutil.rmtree(workdir, ignore_errors=True)   # leftovers of an interrupted pretraining
-  results = experiment.run(pre, workdir)
-  logging.info(f"pretraining accuracy on held-out mixture: {results['test_top1']:.3f}")
-  write_json(info_path, {"test_top1": results["test_top1"], "steps": results["steps"],
-                         "wall_time_s": results["wall_time_s"], "pretrain": p.to_dict()})
-  os.replace(os.path.join(workdir, merged), path)
-  shutil.rmtree(workdir, ignore_errors=True)
-  return str(path)
+  return pre
+
+
+# The first steps of the pretraining, recorded in the asset's JSON: a fingerprint of
+# the code that makes the backbone that holds on any machine (1500 steps amplify
+# rounding: the same command ends up ~0.4 apart in the weights on another CPU).
+TRACE_STEPS = 50
+
+
+def pretraining_trace(config: ml_collections.ConfigDict, workdir: str,
+                      steps: int = TRACE_STEPS) -> dict[str, Any]:
+  """The first `steps` steps of the very pretraining (same data order, model, optimizer
+  and 1500-step schedule): {'steps', 'loss' (each step's training loss), 'param_norms'
+  (every parameter's L2 norm after them)}. Made with the asset, checked by tests."""
+  pre = pretraining_config(config)
+  pre.train.progress = False
+  method = experiment.validate(pre)
+  p = experiment.prepare(pre, workdir, method, experiment.config_fingerprint(pre),
+                         logging.debug)
+  try:
+    if steps > p.steps_per_epoch:
+      raise ConfigError(f"a trace of {steps} steps must fit in the first epoch "
+                        f"({p.steps_per_epoch} steps)")
+    state, loss = p.state, []
+    batches = p.trainer.feed.epoch(p.task.train, pre.train.batch_size, seed=pre.seed,
+                                   epoch=0)
+    for _ in range(steps):
+      state, metrics = p.trainer.train_step(state, next(batches))
+      loss.append(float(metrics["loss"]))
+    params = p.trainer.full_params(state)
+  finally:
+    p.ckpt.close()
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return {"steps": steps, "loss": loss,
+          "param_norms": {k: float(np.linalg.norm(np.asarray(v, np.float64)))
+                          for k, v in sorted(flat.items())}}
 
 
 def check_pretrain(p: ml_collections.ConfigDict) -> None:

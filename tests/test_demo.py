@@ -131,33 +131,43 @@ def test_default_demo_uses_the_packaged_backbone(tmp_path, monkeypatch, caplog):
   assert params["Transformer"]["encoderblock_3"] and shipped[1]["test_top1"] > 0.5
 
 
-@pytest.mark.slow
 def test_packaged_backbone_is_what_the_pretraining_makes(tmp_path):
-  """tools/make_demo_backbone.py (the study's own pretraining, ~2-4 min on 2 CPU cores)
-  reproduces the asset: bit for bit on the machine that made it, to 1e-3 elsewhere."""
-  import subprocess
-  import sys
-  from pathlib import Path
-  from heat_jax.io_utils import load_npz
-  root = Path(__file__).resolve().parents[1]
-  # The tool as a user runs it, with XLA's default code generation (conftest's test-only
-  # flag changes the rounding of fused multiply-adds, which 1500 steps amplify).
-  from tests.conftest import subprocess_xla_flags
-  proc = subprocess.run([sys.executable, str(root / "tools" / "make_demo_backbone.py"),
-                         str(tmp_path)],
-                        env={**os.environ,
-                             "XLA_FLAGS": subprocess_xla_flags(fast_compiles=False)},
-                        capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  made = tmp_path / "demo_backbone.npz"
-  shipped = study.packaged_backbone(study.backbone_key(demo.get_config()))
-  assert shipped is not None
-  a, b = load_npz(made), load_npz(shipped[0])
-  assert sorted(a) == sorted(b)
-  worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-  assert worst <= 1e-3, f"the pretraining no longer reproduces the asset (max diff {worst})"
-  info = json.loads((tmp_path / "demo_backbone.json").read_text())
-  assert abs(info["test_top1"] - shipped[1]["test_top1"]) <= 0.01
+  """The asset holds for this code on any machine: the pretraining's first steps
+  (`study.pretraining_trace`) give the losses and parameter norms recorded when the
+  asset was made, and the file scores its recorded held-out accuracy on the
+  pretraining's test split. (The whole 1500-step command reproduces the file bit for
+  bit only on the machine that made it: rounding grows to ~0.4 in the weights on
+  another CPU, see tools/make_demo_backbone.py.)"""
+  import jax
+  from heat_jax.checkpoints import load_pretrained
+  from heat_jax.data import build_task
+  config = demo.get_config()
+  shipped = study.packaged_backbone(study.backbone_key(config))
+  assert shipped is not None, "run tools/make_demo_backbone.py"
+  path, info = shipped
+  recorded = info["trace"]
+  trace = study.pretraining_trace(config, str(tmp_path / "trace"))
+  assert trace["steps"] == recorded["steps"] == len(trace["loss"]) == study.TRACE_STEPS
+  np.testing.assert_allclose(trace["loss"], recorded["loss"], rtol=1e-5,
+                             err_msg="the pretraining changed: rerun tools/make_demo_backbone.py")
+  names = sorted(recorded["param_norms"])
+  assert sorted(trace["param_norms"]) == names
+  np.testing.assert_allclose([trace["param_norms"][k] for k in names],
+                             [recorded["param_norms"][k] for k in names], rtol=1e-5,
+                             atol=1e-5)   # key biases get no gradient: rounding noise
+
+  pre = study.pretraining_config(config)
+  task = build_task(pre.data, image_size=pre.model.image_size)
+  model = create_model(pre.model.name, task.num_classes)
+  params = load_pretrained(path, model)   # the file's own 29-way head
+  predict = jax.jit(lambda x: model.apply({"params": params}, x, train=False).argmax(-1))
+  right = total = 0
+  for batch in task.test.batches(250, shuffle=False, seed=0, epoch=0):
+    keep = np.asarray(batch["mask"], bool)
+    right += int((np.asarray(predict(batch["image"]))[keep] == batch["label"][keep]).sum())
+    total += int(keep.sum())
+  assert total == pre.data.num_test
+  assert abs(right / total - info["test_top1"]) <= 0.004   # 2 of 500 images
 
 
 def test_study_pretraining_shows_progress_and_heatmaps_name_their_task(

@@ -4,8 +4,13 @@ The backbone is made by the study's own pretraining (`heat_jax.study.pretrained_
 with the default `configs/demo.py` settings, in a fresh temporary cache, ignoring any
 packaged copy), so `python run.py` needs no pretraining. The JSON records the
 pretraining key (a hash of the model and `config.pretrain`: the study uses the asset
-only for that key), the file's sha256 and the held-out pretraining accuracy.
-`tests/test_demo.py::test_packaged_backbone_is_what_the_pretraining_makes` reruns it.
+only for that key), the file's sha256, the held-out pretraining accuracy and the
+pretraining's trace (`study.pretraining_trace`: the losses of its first 50 steps and
+the parameter norms after them). 1500 steps amplify rounding, so the command
+reproduces the file bit for bit only on the machine that made it (elsewhere the
+weights end up ~0.4 apart, the accuracy close); tests/test_demo.py reruns the trace on
+any machine and evaluates the file against its recorded accuracy, so a code change
+that alters the pretraining fails there until this tool is rerun.
 
 Usage: python tools/make_demo_backbone.py [OUT_DIR]     (default heat_jax/assets)
 """
@@ -43,11 +48,13 @@ def make(out_dir: Path) -> Path:
         os.environ.pop("HEAT_JAX_CACHE", None)
       else:
         os.environ["HEAT_JAX_CACHE"] = old
+  with tempfile.TemporaryDirectory() as trace_dir:
+    trace = study.pretraining_trace(config, trace_dir)
   write_json(out_dir / f"{study.BACKBONE_ASSET}.json",
              {"key": study.backbone_key(config), "sha256": sha256_file(target),
               "test_top1": info["test_top1"], "steps": info["steps"],
               "pretrain": info["pretrain"], "model": config.base.model.name,
-              "made_by": "tools/make_demo_backbone.py"})
+              "made_by": "tools/make_demo_backbone.py", "trace": trace})
   return target
 
 
