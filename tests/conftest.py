@@ -22,9 +22,10 @@ def _session_compilation_cache() -> None:
   atexit.register(shutil.rmtree, path, ignore_errors=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  # A size limit makes jax take a file lock around every read and write, so the two
-  # processes of a multi-process test never read an entry the other is still writing.
-  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+  # No size limit: with one, jax's cache lists and reads every entry's access time on
+  # each write (under a file lock), which grows with the session's thousands of entries
+  # (a 14 s test took 76 s late in the suite). An entry read while the other worker
+  # still writes it fails to decode; jax then warns and compiles.
 
 
 def _fast_test_compiles() -> None:

@@ -91,7 +91,10 @@ def _env(tmp_path, xla_cache, devices=1):
              HEAT_JAX_NO_TENSORBOARD="1", HEAT_JAX_CACHE=str(tmp_path / "cache"),
              JAX_COMPILATION_CACHE_DIR=str(xla_cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+             # a size limit makes jax lock the cache around each read and write: the
+             # processes never read an entry another one is still writing
+             JAX_COMPILATION_CACHE_MAX_SIZE=str(1 << 30))
   if devices > 1:
     from tests.conftest import subprocess_xla_flags
     env["XLA_FLAGS"] = subprocess_xla_flags(
