@@ -121,12 +121,22 @@ def init_model_state(model: nn.Module, *,
 
   Only the state is returned from the jitted init, so XLA drops the parameter init.
   """
-  h, w = image_hw(model, image_size)
+  hw = image_hw(model, image_size)
   rng = jax.random.key(0) if rng is None else rng
-  dummy = jnp.zeros((1, h, w, 3), jnp.float32)
-  state = jax.jit(lambda r: {k: v for k, v in model.init(r, dummy).items()
-                             if k != "params"})(rng)
-  return jax.device_get(state)
+  try:
+    hash(model)
+    init_state = _init_state_cached   # compiled once per (model, size)
+  except TypeError:
+    init_state = jax.jit(_init_state, static_argnums=(0, 1))
+  return jax.device_get(init_state(model, hw, rng))
+
+
+def _init_state(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[str, Any]:
+  variables = model.init(rng, jnp.zeros((1, *hw, 3), jnp.float32))
+  return {k: v for k, v in variables.items() if k != "params"}
+
+
+_init_state_cached = jax.jit(_init_state, static_argnums=(0, 1))
 
 
 def fresh_names(model: nn.Module) -> frozenset[str]:

@@ -89,12 +89,18 @@ class TrainCheckpointer:
 
 
 def all_finite(tree: Any) -> bool:
-  """Whether every floating leaf of `tree` is free of NaN and inf (one small reduction)."""
+  """Whether every floating leaf of `tree` is free of NaN and inf (one jitted reduction,
+  compiled once per tree structure: op-by-op it cost ~0.7 s a save on a small model)."""
   leaves = [x for x in jax.tree.leaves(tree)
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
   if not leaves:
     return True
-  return bool(jax.device_get(jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()))
+  return bool(jax.device_get(_leaves_finite(leaves)))
+
+
+@jax.jit
+def _leaves_finite(leaves: list) -> jax.Array:
+  return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
 
 
 def state_bytes(state: Any) -> int:
