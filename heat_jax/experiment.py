@@ -237,8 +237,9 @@ def open_checkpoints(config: ml_collections.ConfigDict, workdir: str,
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
-            fingerprint: str, log: Log) -> Prepared:
-  """Data, the model, the method's decision, the trainer and the resume point."""
+            fingerprint: str, log: Log, memo: Optional[dict] = None) -> Prepared:
+  """Data, the model, the method's decision, the trainer and the resume point
+  (`memo`: see `MethodContext`)."""
   kind = get_task_kind(config.task_kind, config)
   # Data first: a missing dataset fails in seconds, before any download.
   task, num_outputs, steps_per_epoch, total_steps = load_data(config, kind)
@@ -248,7 +249,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, method: Method,
   try:
     feed = Feed.create()
     ctx = MethodContext(config=config, model=model, params=params, task=task,
-                        workdir=workdir, model_state=model_state, feed=feed)
+                        workdir=workdir, model_state=model_state, feed=feed, memo=memo)
     if latest is not None:
       method.restore(meta["method_state"])
     method.fit(ctx)   # a restored state is only checked against the model
@@ -289,11 +290,13 @@ def _quiet(*_: Any) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
-        quiet: bool = False) -> dict[str, Any]:
+        quiet: bool = False, memo: Optional[dict] = None) -> dict[str, Any]:
   """Trains and evaluates one configuration; returns the results dict.
 
   Progress goes to absl.logging at INFO (`quiet`: at DEBUG, shown by --verbosity=1)
   and to a progress bar on stderr (`config.train.progress`); nothing to stdout.
+  `memo`: one dict passed to several runs of one process lets a method reuse what an
+  earlier run computed the same way (`MethodContext.memo`).
   """
   logs.setup()
   log: Log = logging.debug if quiet else logging.info
@@ -311,7 +314,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   with workdir_lib.lock(workdir):   # the only writer; a refused second run touches nothing
     try:
       with preemption.Guard():      # SIGTERM: checkpoint and exit (heat_jax.preemption)
-        return _prepare_train_finalize(config, workdir, method, fingerprint, log)
+        return _prepare_train_finalize(config, workdir, method, fingerprint, log, memo)
     except BaseException:
       # Without a checkpoint nothing of this run can be resumed: leave no trace of it.
       if not workdir_lib.has_checkpoint(os.path.join(workdir, CHECKPOINT_DIR)):
@@ -320,8 +323,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _prepare_train_finalize(config: ml_collections.ConfigDict, workdir: str, method: Method,
-                            fingerprint: str, log: Log) -> dict[str, Any]:
-  p = prepare(config, workdir, method, fingerprint, log)
+                            fingerprint: str, log: Log,
+                            memo: Optional[dict] = None) -> dict[str, Any]:
+  p = prepare(config, workdir, method, fingerprint, log, memo)
   try:
     if p.start is Start.AFTER_LAST_STEP:
       state, history, clock = p.state, list(p.meta.get("history", [])), Clock.from_meta(p.meta)

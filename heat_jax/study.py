@@ -392,6 +392,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     enable_compilation_cache()
   backbone = s.get("backbone") or pretrained_backbone(config)
   rows, agreements = [], {}
+  memo: dict = {}   # HEAT's scores, shared by the heat variants of a task and seed
   for task in tasks:
     for seed in range(s.seeds):
       for variant in variants:
@@ -400,7 +401,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         remove_tree(run_dir)   # a study always runs afresh
         tic = time.time()
         with heartbeat(f"{task} {variant} seed {seed}"):
-          r = experiment.run(c, run_dir, quiet=True)
+          r = experiment.run(c, run_dir, quiet=True, memo=memo)
         rows.append({"task": task, "variant": variant, "seed": seed,
                      "test_top1": r["test_top1"],
                      "heads_selected": r["method_info"].get("heads_selected"),

@@ -72,6 +72,10 @@ def test_tiny_study_end_to_end(tmp_path, monkeypatch, caplog, capsys):
   config.study.compilation_cache = False   # keep the test process's jax config as is
   workdir = tmp_path / "wd"
   caplog.set_level(logging.INFO, logger="absl")
+  from heat_jax import importance
+  scored, compute_tis = [], importance.compute_tis
+  monkeypatch.setattr(importance, "compute_tis",
+                      lambda *a, **k: scored.append(1) or compute_tis(*a, **k))
   rows = study.run(config, str(workdir))
   assert "pretraining the demo backbone" in caplog.text and "NOT a VTAB result" in caplog.text
   printed = capsys.readouterr().out   # the table, on stdout
@@ -99,6 +103,18 @@ def test_tiny_study_end_to_end(tmp_path, monkeypatch, caplog, capsys):
   assert heads["heat"].sum() == heads["heat_bottom"].sum() == 2
   assert not (heads["heat"] & heads["heat_bottom"]).any()   # 2 of 4 heads: disjoint
   assert (workdir / "texture" / "heat" / "seed0" / "importance.png").exists()
+  # The three score once (the study's memo): the scores of a run of its own.
+  assert len(scored) == 1
+  alone = experiment.run(study.variant_config(config, "texture", "heat_bottom", 0,
+                                              study.pretrained_backbone(config)),
+                         str(tmp_path / "alone"), quiet=True)
+  assert alone["method_info"]["heads_selected"] == 2 and len(scored) == 2
+  own = np.load(tmp_path / "alone" / "importance.npy")
+  for v in ("heat", "heat_random", "heat_bottom"):
+    np.testing.assert_array_equal(
+        np.load(workdir / "texture" / v / "seed0" / "importance.npy"), own)
+  np.testing.assert_array_equal(np.load(tmp_path / "alone" / "heads.npy"),
+                                heads["heat_bottom"])
 
   # A second study reuses the cached backbone and starts its runs afresh, even in a
   # workdir that holds runs of another config.
@@ -110,6 +126,24 @@ def test_tiny_study_end_to_end(tmp_path, monkeypatch, caplog, capsys):
   assert [r["variant"] for r in rows2] == ["heat"]
   result = json.loads((workdir / "texture" / "heat" / "seed0" / "results.json").read_text())
   assert result["config"]["train"]["epochs"] == 2
+
+
+def test_heat_scores_key_ignores_only_how_heads_are_picked():
+  from heat_jax.methods.heat import scores_key
+  base = study.variant_config(demo.get_config(), "texture", "heat", 0, "backbone.npz")
+  key = scores_key(base)
+  for variant in ("heat_random", "heat_bottom"):
+    assert scores_key(study.variant_config(demo.get_config(), "texture", variant, 0,
+                                           "backbone.npz")) == key
+  for field, value in (("data.task", "count"), ("seed", 1),
+                       ("importance.classifier", "random"), ("model.pretrained", "other.npz"),
+                       ("heat.tune", "lora"), ("importance.num_batches", 3)):
+    changed = base.copy_and_resolve_references()
+    changed.update_from_flattened_dict({field: value})
+    assert scores_key(changed) != key, field
+  changed = base.copy_and_resolve_references()
+  changed.heat.budget = 3
+  assert scores_key(changed) == key
 
 
 def test_default_demo_uses_the_packaged_backbone(tmp_path, monkeypatch, caplog):

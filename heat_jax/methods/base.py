@@ -48,7 +48,10 @@ class MethodContext:
 
   `model` is the module built for `extensions()` (the pretrained backbone without
   training-time state such as Heart-LoRA's head mask); `feed` the engine's mesh and batch
-  helper, the same path training and evaluation use.
+  helper, the same path training and evaluation use. `memo`: a dict a caller running
+  several configs in one process (the study) passes to every run, where a method may
+  keep a data-dependent result for a later run that would compute the same one
+  (HEAT's scores: heat, heat_random and heat_bottom of one task share them).
   """
 
   config: ml_collections.ConfigDict
@@ -58,6 +61,7 @@ class MethodContext:
   workdir: Optional[str] = None
   model_state: dict[str, Any] = dataclasses.field(default_factory=dict)
   feed: Optional[Feed] = None
+  memo: Optional[dict] = None
 
 
 class Method:

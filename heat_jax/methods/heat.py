@@ -20,6 +20,7 @@ is built; a resumed run takes it back from its training checkpoint (`resume_stat
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Iterable, Optional
@@ -101,6 +102,18 @@ def random_classifier(params: dict, seed: int) -> dict:
   if "bias" in head:
     new["bias"] = np.zeros_like(np.asarray(head["bias"]))
   return {**params, "head": {**head, **new}}
+
+
+# heat.* fields that choose heads from the scores; every other field may change them.
+_SELECTION_FIELDS = ("budget", "select", "select_seed", "scope", "deactivate")
+
+
+def scores_key(config: ml_collections.ConfigDict) -> str:
+  """What HEAT's scores depend on: the whole config except how heads are picked from
+  them (`heat.budget`, `select`, ...), so runs that differ only there share scores."""
+  c = config.to_dict()
+  c["heat"] = {k: v for k, v in c.get("heat", {}).items() if k not in _SELECTION_FIELDS}
+  return json.dumps(c, sort_keys=True, default=str)
 
 
 def scoring_params(model: Any, params: dict, train_batches: Iterable[dict], *,
@@ -261,6 +274,27 @@ class Heat(Method):
       self.info.update({f"probe_{k}": v for k, v in self.probe.info().items()})
     return params
 
+  def _scores(self, ctx: MethodContext) -> np.ndarray:
+    """TIS of every head through the scoring classifier (fitting the probe if needed)."""
+    from heat_jax import importance
+    imp = self.config.importance
+    feed = ctx.feed or Feed.create()
+    start = time.time()   # tis_seconds: the probe (if any) and the scoring pass
+    params = self._scoring_params(ctx, feed)
+    # Sharded like training: over every device of every process, each process loading
+    # its rows of every batch; every process gets the same scores and selection.
+    batches = feed.batches(ctx.task.train, imp.batch_size)
+    kind = get_task_kind(self.config.get("task_kind", "classification"), self.config)
+    loss_fn = (None if kind.name == "classification"   # TIS through the task's own loss
+               else lambda logits, label, mask: kind.loss(logits, {"label": label,
+                                                                   "mask": mask}))
+    scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
+                                    num_batches=imp.num_batches or None, loss_fn=loss_fn,
+                                    normalize=imp.normalize, model_state=ctx.model_state,
+                                    mesh=feed.mesh, aggregate=imp.aggregate)
+    self.info["tis_seconds"] = round(time.time() - start, 3)
+    return scores
+
   def fit(self, ctx: MethodContext) -> None:
     """Computes TIS on the training data and selects heads (saved to the workdir).
 
@@ -276,20 +310,17 @@ class Heat(Method):
     if ctx.task is None:
       raise ConfigError("heat needs training data to score heads")
     imp, h = self.config.importance, self.config.heat
-    feed = ctx.feed or Feed.create()
-    start = time.time()   # tis_seconds: the probe (if any) and the scoring pass
-    params = self._scoring_params(ctx, feed)
-    # Sharded like training: over every device of every process, each process loading
-    # its rows of every batch; every process gets the same scores and selection.
-    batches = feed.batches(ctx.task.train, imp.batch_size)
-    kind = get_task_kind(self.config.get("task_kind", "classification"), self.config)
-    loss_fn = (None if kind.name == "classification"   # TIS through the task's own loss
-               else lambda logits, label, mask: kind.loss(logits, {"label": label,
-                                                                   "mask": mask}))
-    scores = importance.compute_tis(ctx.model, params, batches, strategy=imp.strategy,
-                                    num_batches=imp.num_batches or None, loss_fn=loss_fn,
-                                    normalize=imp.normalize, model_state=ctx.model_state,
-                                    mesh=feed.mesh, aggregate=imp.aggregate)
+    key = scores_key(self.config) if ctx.memo is not None else None
+    if key is not None and key in ctx.memo:   # an earlier run of the study scored them
+      scores, self.probe, info = ctx.memo[key]
+      scores = np.array(scores)
+      self.info.update(info, tis_shared=True)
+    else:
+      scores = self._scores(ctx)
+      if key is not None:
+        ctx.memo[key] = (scores, self.probe,
+                         {k: v for k, v in self.info.items()
+                          if k == "tis_seconds" or k.startswith("probe_")})
     if not np.any(scores[layout.valid]):
       raise ConfigError(f"all head importance scores are 0 (no gradient reaches the "
                         f"attention heads through the {imp.classifier!r} classifier), so "
@@ -297,8 +328,7 @@ class Heat(Method):
     selected = importance.select_heads(scores, h.budget, scope=h.scope, select=h.select,
                                        seed=h.select_seed, valid=layout.valid,
                                        deactivate=h.deactivate)
-    self.info.update(tis_seconds=round(time.time() - start, 3),
-                     tis_classifier=imp.classifier,
+    self.info.update(tis_classifier=imp.classifier,
                      heads_selected=int(selected.sum()), heads_total=layout.total_heads)
     if ctx.workdir and distributed.is_primary():
       meta = {"strategy": imp.strategy, "normalize": imp.normalize,
