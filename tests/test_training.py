@@ -234,8 +234,8 @@ def test_data_parallel_mesh_matches_single_device(tmp_path):
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   outs = {}
+  from tests.conftest import subprocess_xla_flags
   for n in (1, 2):
-    from tests.conftest import subprocess_xla_flags
     env = {**os.environ,
            "XLA_FLAGS": subprocess_xla_flags(f"--xla_force_host_platform_device_count={n}"),
            "HEAT_JAX_NO_TENSORBOARD": "1"}

@@ -123,12 +123,7 @@ def init_model_state(model: nn.Module, *,
   """
   hw = image_hw(model, image_size)
   rng = jax.random.key(0) if rng is None else rng
-  try:
-    hash(model)
-    init_state = _init_state_cached   # compiled once per (model, size)
-  except TypeError:
-    init_state = jax.jit(_init_state, static_argnums=(0, 1))
-  return jax.device_get(init_state(model, hw, rng))
+  return jax.device_get(_per_model(_init_state_cached, _init_state, model)(model, hw, rng))
 
 
 def _init_state(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[str, Any]:
@@ -212,12 +207,7 @@ def _fresh_template(model: nn.Module, *, image_size: Optional[int | tuple[int, i
   hw = image_hw(model, image_size)
   rng = jax.random.key(0) if rng is None else rng
   shapes = jax.eval_shape(functools.partial(_init_flat, model, hw), rng)
-  try:
-    hash(model)
-    init_fresh = _init_fresh_cached  # compiled once per (model, size)
-  except TypeError:
-    init_fresh = jax.jit(_init_fresh, static_argnums=(0, 1))
-  values = jax.device_get(init_fresh(model, hw, rng))
+  values = jax.device_get(_per_model(_init_fresh_cached, _init_fresh, model)(model, hw, rng))
   return {k: values[k] if k in values else shapes[k] for k in shapes}
 
 
@@ -232,6 +222,16 @@ def _init_fresh(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> dict[s
 
 
 _init_fresh_cached = jax.jit(_init_fresh, static_argnums=(0, 1))
+
+
+def _per_model(cached: Callable, fn: Callable, model: nn.Module) -> Callable:
+  """`cached` (a module-level jit of `fn` with the model and size static: compiled once
+  per (model, size)) when the model hashes, else a fresh jit of `fn`."""
+  try:
+    hash(model)
+  except TypeError:
+    return jax.jit(fn, static_argnums=(0, 1))
+  return cached
 
 
 def _file_head(loaded: dict[str, np.ndarray], template: dict[str, Any],

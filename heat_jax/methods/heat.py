@@ -317,10 +317,8 @@ class Heat(Method):
       self.info.update(info, tis_shared=True)
     else:
       scores = self._scores(ctx)
-      if key is not None:
-        ctx.memo[key] = (scores, self.probe,
-                         {k: v for k, v in self.info.items()
-                          if k == "tis_seconds" or k.startswith("probe_")})
+      if key is not None:   # with what scoring wrote into info (probe_*, tis_seconds)
+        ctx.memo[key] = (scores, self.probe, dict(self.info))
     if not np.any(scores[layout.valid]):
       raise ConfigError(f"all head importance scores are 0 (no gradient reaches the "
                         f"attention heads through the {imp.classifier!r} classifier), so "
